@@ -1,0 +1,72 @@
+"""CLI for the DVC data stages: ``generate`` shards + manifests, train the ``tokenizer``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from components.data.params import load_data_params
+
+
+def _generate(args: argparse.Namespace) -> dict[str, object]:
+    from components.data.corpus import generate_corpus
+
+    params = load_data_params(args.params)
+    return generate_corpus(params, args.out, workers=args.workers)
+
+
+def _tokenizer(args: argparse.Namespace) -> dict[str, object]:
+    from components.data.tokenizer import corpus_texts, train_tokenizer
+
+    params = load_data_params(args.params)
+    start = time.perf_counter()
+    tok = train_tokenizer(corpus_texts(args.shards, args.split), params.vocab_size, args.out)
+    return {
+        "out": args.out,
+        "vocab_size": len(tok),
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+
+
+def _validate(args: argparse.Namespace) -> dict[str, object]:
+    from pathlib import Path
+
+    from components.data.validation import DataValidationError, validate_manifest_file
+
+    reports = {}
+    for path in sorted(Path(args.shards, "manifests").glob("*.jsonl")):
+        reports[path.stem] = validate_manifest_file(path, path.stem)
+    if not reports:
+        raise SystemExit(f"no manifests under {args.shards}/manifests")
+    Path(args.out).write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=1))
+    failed = [r.message() for r in reports.values() if not r.success]
+    if failed:
+        raise DataValidationError("; ".join(failed))
+    return {split: {"rows": r.n_rows, "success": r.success} for split, r in reports.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m components.data", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="write all splits' shards and manifests")
+    gen.add_argument("--params", required=True, help="YAML file with a 'data:' section")
+    gen.add_argument("--out", required=True, help="output folder for shards and manifests")
+    gen.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    gen.set_defaults(run=_generate)
+    tok = sub.add_parser("tokenizer", help="train the BPE tokenizer on a split's shards")
+    tok.add_argument("--params", required=True)
+    tok.add_argument("--shards", required=True, help="folder written by 'generate'")
+    tok.add_argument("--out", required=True)
+    tok.add_argument("--split", default="train")
+    tok.set_defaults(run=_tokenizer)
+    val = sub.add_parser("validate", help="great_expectations suite on every split's manifest")
+    val.add_argument("--shards", required=True, help="folder written by 'generate'")
+    val.add_argument("--out", required=True, help="JSON report")
+    val.set_defaults(run=_validate)
+    args = parser.parse_args(argv)
+    print(json.dumps(args.run(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The synthetic corpus: generator registry, shard plan, parallel shard writing and manifests."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.data import ocr, preference, scenes, text_tasks
+from components.data.fonts import available_fonts
+from components.data.manifest import manifest_row, write_manifest
+from components.data.params import SOURCES, DataParams
+from components.data.sample import Sample
+from components.data.shards import write_shard
+
+Generator = Callable[[int, int, str, int], Sample]
+
+GENERATORS: dict[str, Generator] = {
+    "scenes_caption": scenes.generate_caption,
+    "scenes_vqa": scenes.generate_vqa,
+    "ocr": ocr.generate,
+    "text": text_tasks.generate,
+    "preference": preference.generate,
+}
+if tuple(GENERATORS) != SOURCES:
+    raise RuntimeError(f"generator registry {list(GENERATORS)} != params.SOURCES {list(SOURCES)}")
+
+
+def generate_sample(source: str, seed: int, split: str, index: int, image_size: int = 64) -> Sample:
+    """One sample, a pure function of (source, seed, split, index, image_size)."""
+    if source not in GENERATORS:
+        raise ValueError(f"unknown source {source!r}; expected one of {list(GENERATORS)}")
+    return GENERATORS[source](seed, index, split, image_size)
+
+
+def generate_samples(
+    source: str, seed: int, split: str, start: int, stop: int, image_size: int = 64
+) -> Iterator[Sample]:
+    """Samples ``start`` .. ``stop - 1`` of one source and split."""
+    for index in range(start, stop):
+        yield generate_sample(source, seed, split, index, image_size)
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard: a contiguous index range of one source in one split."""
+
+    seed: int
+    image_size: int
+    split: str
+    source: str
+    shard: int
+    start: int
+    stop: int
+
+    @property
+    def filename(self) -> str:
+        return f"{self.source}-{self.shard:04d}.tar"
+
+
+def shard_plan(params: DataParams, split: str) -> list[ShardJob]:
+    """Shard jobs of a split, in source order then shard order."""
+    jobs = []
+    for source, count in params.counts(split).items():
+        for shard, start in enumerate(range(0, count, params.shard_size)):
+            stop = min(start + params.shard_size, count)
+            jobs.append(ShardJob(params.seed, params.image_size, split, source, shard, start, stop))
+    return jobs
+
+
+def build_shard(job: ShardJob, out_dir: str | Path) -> list[dict[str, Any]]:
+    """Generate and write one shard; returns its manifest rows."""
+    rows: list[dict[str, Any]] = []
+
+    def tracked() -> Iterator[Sample]:
+        for sample in generate_samples(
+            job.source, job.seed, job.split, job.start, job.stop, job.image_size
+        ):
+            rows.append(manifest_row(sample, job.split, job.filename))
+            yield sample
+
+    write_shard(tracked(), Path(out_dir) / job.split / job.filename)
+    return rows
+
+
+def _build(args: tuple[ShardJob, str]) -> list[dict[str, Any]]:
+    return build_shard(*args)
+
+
+def _warm_up() -> None:
+    """Import the tar writer and scan fonts once, before forking, so workers inherit both."""
+    import webdataset  # noqa: F401
+
+    available_fonts()
+
+
+def run_jobs(
+    jobs: list[ShardJob], out_dir: str | Path, workers: int | None = None
+) -> list[list[dict[str, Any]]]:
+    """Build shards, in a process pool when ``workers`` > 1; results keep job order."""
+    workers = workers or os.cpu_count() or 1
+    args = [(job, str(out_dir)) for job in jobs]
+    _warm_up()
+    if workers <= 1 or len(jobs) <= 1:
+        return [_build(a) for a in args]
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        return list(pool.map(_build, args))
+
+
+def _clear_split(out_dir: Path, split: str) -> None:
+    """Remove old shards of a split, so a smaller plan leaves no stale files behind."""
+    for old in (out_dir / split).glob("*.tar*"):
+        old.unlink()
+
+
+def write_splits(
+    params: DataParams, splits: list[str], out_dir: str | Path, workers: int | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Write shards of several splits (one shared pool) and a manifest per split; returns rows."""
+    out_dir = Path(out_dir)
+    plans = {split: shard_plan(params, split) for split in splits}
+    for split in splits:
+        _clear_split(out_dir, split)
+        (out_dir / split).mkdir(parents=True, exist_ok=True)
+    jobs = [job for split in splits for job in plans[split]]
+    results = iter(run_jobs(jobs, out_dir, workers))
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for split in splits:
+        rows[split] = [row for _ in plans[split] for row in next(results)]
+        write_manifest(rows[split], out_dir / "manifests" / f"{split}.jsonl")
+    return rows
+
+
+def write_split(
+    params: DataParams, split: str, out_dir: str | Path, workers: int | None = None
+) -> list[dict[str, Any]]:
+    """Write ``out_dir/{split}/{source}-{shard:04d}.tar`` and ``out_dir/manifests/{split}.jsonl``."""
+    return write_splits(params, [split], out_dir, workers)[split]
+
+
+def generate_corpus(
+    params: DataParams, out_dir: str | Path, workers: int | None = None
+) -> dict[str, Any]:
+    """All splits of ``params``; returns a summary (counts per split and source, timing)."""
+    start = time.perf_counter()
+    rows = write_splits(params, list(params.splits), out_dir, workers)
+    seconds = time.perf_counter() - start
+    total = sum(len(r) for r in rows.values())
+    counts = {split: {s: n for s, n in params.counts(split).items() if n} for split in rows}
+    return {
+        "out": str(out_dir),
+        "counts": counts,
+        "samples": total,
+        "seconds": round(seconds, 3),
+        "records_per_s": round(total / seconds, 1) if seconds > 0 else None,
+        "workers": workers or os.cpu_count(),
+    }

@@ -1,0 +1,69 @@
+"""Validated parameters of the data stages (the ``data:`` section of a params file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SOURCES: tuple[str, ...] = ("scenes_caption", "scenes_vqa", "ocr", "text", "preference")
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+DEFAULT_SPLITS: dict[str, dict[str, int]] = {
+    "train": {
+        "scenes_caption": 2000,
+        "scenes_vqa": 4000,
+        "ocr": 1000,
+        "text": 1000,
+        "preference": 1500,
+    },
+    "val": {"scenes_caption": 50, "scenes_vqa": 100, "ocr": 50, "text": 50, "preference": 50},
+    "test": {"scenes_caption": 100, "scenes_vqa": 400, "ocr": 100, "text": 100, "preference": 0},
+}
+
+
+class DataParams(BaseModel):
+    """Seed, image size, sharding, vocabulary size and per-split sample counts per source."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    image_size: int = Field(64, ge=16, le=2048)
+    shard_size: int = Field(500, gt=0)
+    vocab_size: int = Field(1024, ge=384)
+    splits: dict[str, dict[str, int]] = Field(
+        default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SPLITS.items()}
+    )
+
+    @field_validator("splits")
+    @classmethod
+    def _known_splits_and_sources(
+        cls, splits: dict[str, dict[str, int]]
+    ) -> dict[str, dict[str, int]]:
+        for split, counts in splits.items():
+            if split not in SPLITS:
+                raise ValueError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
+            for source, n in counts.items():
+                if source not in SOURCES:
+                    raise ValueError(
+                        f"unknown source {source!r} in split {split!r}; expected one of {list(SOURCES)}"
+                    )
+                if n < 0:
+                    raise ValueError(f"negative count {n} for source {source!r} in split {split!r}")
+        return splits
+
+    def counts(self, split: str) -> dict[str, int]:
+        """Sample counts of ``split`` in canonical source order (missing sources count 0)."""
+        if split not in self.splits:
+            raise KeyError(f"split {split!r} not in params; have {list(self.splits)}")
+        return {s: self.splits[split].get(s, 0) for s in SOURCES}
+
+
+def load_data_params(path: str | Path) -> DataParams:
+    """Parse the ``data:`` section of a YAML params file."""
+    raw: Any = yaml.safe_load(Path(path).read_text())
+    if not isinstance(raw, dict) or "data" not in raw:
+        raise ValueError(f"{path}: no top-level 'data:' section")
+    return DataParams.model_validate(raw["data"] or {})

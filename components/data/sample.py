@@ -1,0 +1,48 @@
+"""The in-memory form of one sample of the data contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass
+class Sample:
+    """One record: a stable key, its images in order and the JSON record."""
+
+    key: str
+    images: list[Image.Image] = field(default_factory=list)
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def user_turn(text: str, n_images: int = 0) -> dict[str, Any]:
+    """A user message: ``n_images`` image placeholders followed by the text."""
+    content: list[dict[str, Any]] = [{"type": "image"} for _ in range(n_images)]
+    content.append({"type": "text", "text": text})
+    return {"role": "user", "content": content}
+
+
+def assistant_turn(text: str) -> dict[str, Any]:
+    """An assistant message holding one text part."""
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def image_placeholders(messages: list[dict[str, Any]]) -> int:
+    """Number of ``{"type": "image"}`` parts over all messages."""
+    return sum(
+        1
+        for m in messages
+        if not isinstance(m["content"], str)
+        for part in m["content"]
+        if part.get("type") == "image"
+    )
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """All text parts of one message, concatenated."""
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")

@@ -1,0 +1,67 @@
+"""The held-out synthetic suite of the data stage: VQA per question type, OCR,
+captions (CIDEr), text-only instructions and yes/no hallucination."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from components.data.sample import Sample, message_text
+from components.evaluation.caption_metrics import caption_scores
+from components.evaluation.exact_match import exact_match
+from components.evaluation.generate import generate_answers
+from components.evaluation.yes_no import yes_no_metrics
+from components.training.batching import ChatEncoder
+
+
+@dataclass
+class SuiteResult:
+    metrics: dict[str, float]
+    rows: list[dict]  # one per question: key, task, qtype, question, prediction, answers, score
+
+
+def prompt_messages(record: dict) -> list[dict]:
+    """The user turn(s) of a single-question test record."""
+    return [m for m in record["messages"] if m["role"] != "assistant"]
+
+
+def score_predictions(samples: Sequence[Sample], predictions: Sequence[str]) -> SuiteResult:
+    """Metrics of predictions against the samples' reference answers."""
+    rows, per_group = [], defaultdict(list)
+    yes_no_preds, yes_no_labels = [], []
+    captions_pred, captions_ref = {}, {}
+    for sample, pred in zip(samples, predictions, strict=True):
+        rec = sample.record
+        task, qtype = rec["task"], rec.get("qtype", "")
+        score = exact_match(pred, rec["answers"])
+        if task == "caption":
+            captions_pred[sample.key], captions_ref[sample.key] = pred, rec["answers"]
+        else:
+            per_group[f"vqa_{qtype}" if task == "vqa" else task].append(score)
+        if qtype == "existence":
+            yes_no_preds.append(pred)
+            yes_no_labels.append(not rec["absent"])
+        question = message_text(prompt_messages(rec)[-1])
+        rows.append({"key": sample.key, "task": task, "qtype": qtype, "question": question,
+                     "prediction": pred, "answers": rec["answers"], "score": score})
+    metrics = {f"{group}_accuracy": sum(v) / len(v) for group, v in sorted(per_group.items())}
+    vqa = [s for g, v in per_group.items() if g.startswith("vqa_") for s in v]
+    if vqa:
+        metrics["vqa_accuracy"] = sum(vqa) / len(vqa)
+    if yes_no_preds:
+        yn = yes_no_metrics(yes_no_preds, yes_no_labels)
+        metrics.update({f"existence_{k}": v for k, v in yn.items()})
+    if captions_pred:
+        scores = caption_scores(captions_pred, captions_ref, metrics=("CIDEr",))
+        metrics["caption_cider"] = scores["CIDEr"]
+    return SuiteResult(metrics, rows)
+
+
+def evaluate_suite(model, encoder: ChatEncoder, samples: Sequence[Sample], *,
+                   max_new_tokens: int = 24, batch_size: int = 32) -> SuiteResult:
+    """Generate an answer per test question, then score."""
+    prompts = [(prompt_messages(s.record), s.images) for s in samples]
+    predictions = generate_answers(model, encoder, prompts, max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size)
+    return score_predictions(samples, predictions)

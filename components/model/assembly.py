@@ -1,0 +1,80 @@
+"""Assemble an Idefics3 / SmolVLM-style VLM from a vision tower and a causal LM.
+
+The backbone weights are copied in exactly; only the connector (pixel shuffle +
+linear projection) is freshly initialised. The result is a stock
+`Idefics3ForConditionalGeneration`, loadable with the Auto classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+VISION_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps")
+
+
+def idefics3_config(vision_config, text_config, *, scale_factor: int, image_token_id: int) -> Idefics3Config:
+    """Idefics3 config whose towers mirror the given backbone configs."""
+    vision = {k: getattr(vision_config, k) for k in VISION_KEYS}
+    return Idefics3Config(
+        vision_config=vision,
+        text_config=text_config.to_dict(),
+        scale_factor=scale_factor,
+        image_token_id=image_token_id,
+        tie_word_embeddings=bool(getattr(text_config, "tie_word_embeddings", False)),
+    )
+
+
+def _copy_exact(target: torch.nn.Module, source_state: dict[str, torch.Tensor], what: str) -> None:
+    missing, unexpected = target.load_state_dict(source_state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{what} weights do not match: missing={missing[:5]} unexpected={unexpected[:5]}")
+
+
+def assemble_idefics3(
+    vision: PreTrainedModel,
+    lm: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    scale_factor: int,
+) -> Idefics3ForConditionalGeneration:
+    """Build the VLM and copy both backbones' weights into it."""
+    n_patches = (vision.config.image_size // vision.config.patch_size)
+    if n_patches % scale_factor:
+        raise ValueError(f"{n_patches} patches per side not divisible by scale_factor {scale_factor}")
+    if lm.config.vocab_size < len(tokenizer):
+        raise ValueError(f"LM vocab {lm.config.vocab_size} < tokenizer size {len(tokenizer)}")
+    config = idefics3_config(
+        vision.config, lm.config,
+        scale_factor=scale_factor,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    model = Idefics3ForConditionalGeneration(config)
+
+    vision_state = {k: v for k, v in vision.state_dict().items() if not k.startswith("head.")}
+    vision_state = {k.removeprefix("vision_model."): v for k, v in vision_state.items()}
+    _copy_exact(model.model.vision_model, vision_state, "vision")
+    _copy_exact(model.model.text_model, lm.model.state_dict(), "language model")
+    model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    _init_connector(model, lm)
+
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+@torch.no_grad()
+def _init_connector(model: Idefics3ForConditionalGeneration, lm: PreTrainedModel) -> None:
+    """Scale the projection so image tokens start at the norm of the LM's word embeddings."""
+    proj = model.model.connector.modality_projection.proj
+    torch.nn.init.normal_(proj.weight, std=1.0 / proj.in_features**0.5)
+    emb_std = lm.get_input_embeddings().weight.std().item()
+    proj.weight.mul_(emb_std)

@@ -1,0 +1,98 @@
+"""Unimodal backbones: a SigLIP-style vision tower and a Llama-style causal LM.
+
+A backbone spec is one of: a hub id or local directory (loaded with the standard
+`from_pretrained`), or an inline config dict (a tiny model built from scratch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    SiglipTextConfig,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
+
+BackboneSpec = str | Path | dict[str, Any]
+
+
+def tiny_vision_config(**overrides: Any) -> SiglipVisionConfig:
+    """A SigLIP vision tower small enough to train on a laptop CPU."""
+    cfg = dict(
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=4,
+        hidden_act="gelu_pytorch_tanh",
+        vision_use_head=True,
+    )
+    cfg.update(overrides)
+    return SiglipVisionConfig(**cfg)
+
+
+def tiny_text_tower_config(vocab_size: int, **overrides: Any) -> SiglipTextConfig:
+    """The text tower used only while training the vision tower contrastively."""
+    cfg = dict(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=48,
+        projection_size=128,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    cfg.update(overrides)
+    return SiglipTextConfig(**cfg)
+
+
+def tiny_lm_config(vocab_size: int, **overrides: Any) -> LlamaConfig:
+    """A Llama-style decoder small enough to train on a laptop CPU."""
+    cfg = dict(
+        vocab_size=vocab_size,
+        hidden_size=256,
+        intermediate_size=768,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+    )
+    cfg.update(overrides)
+    return LlamaConfig(**cfg)
+
+
+def _is_inline(spec: BackboneSpec) -> bool:
+    return isinstance(spec, dict)
+
+
+def load_vision_backbone(spec: BackboneSpec) -> PreTrainedModel:
+    """Vision tower from a hub id / directory (vision part of a CLIP/SigLIP checkpoint too) or a config."""
+    if _is_inline(spec):
+        return SiglipVisionModel(tiny_vision_config(**spec))
+    config = AutoConfig.from_pretrained(str(spec))
+    if getattr(config, "vision_config", None) is not None and config.model_type != "siglip_vision_model":
+        # A dual-tower checkpoint (e.g. google/siglip-base-patch16-512): keep the vision tower.
+        return SiglipVisionModel.from_pretrained(str(spec))
+    return AutoModel.from_pretrained(str(spec))
+
+
+def load_text_backbone(spec: BackboneSpec, vocab_size: int | None = None) -> PreTrainedModel:
+    """Causal LM from a hub id / directory or an inline config (needs `vocab_size`)."""
+    if _is_inline(spec):
+        if vocab_size is None:
+            raise ValueError("an inline LM config needs the tokenizer's vocab_size")
+        return LlamaForCausalLM(tiny_lm_config(vocab_size, **spec))
+    return AutoModelForCausalLM.from_pretrained(str(spec))

@@ -1,0 +1,161 @@
+"""Pre-train the tiny unimodal backbones: a SigLIP vision tower and a Llama LM.
+
+No pre-trained weights can be downloaded for the tiny recipe, and a ViT trained
+only through a VLM's language-model loss collapses (its image tokens become nearly
+identical across images), so the vision tower is first trained contrastively on
+image-caption pairs, as SigLIP is, with FLIP's random patch dropping as an option.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from transformers import (
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+    SiglipConfig,
+    SiglipModel,
+    SiglipVisionModel,
+)
+
+from components.training.loop import LogFn, LoopConfig, LoopResult, train
+from components.training.objectives import drop_patches, siglip_loss
+
+
+def images_to_tensor(images: Sequence[Image.Image], size: int) -> torch.Tensor:
+    """Resize to `size` x `size` and normalise to [-1, 1] (the VLM processor's mean/std of 0.5)."""
+    arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC)) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+class ContrastivePairs:
+    """Shuffled mini-batches of (pixels, caption ids) held in memory."""
+
+    def __init__(self, pixels: torch.Tensor, token_ids: torch.Tensor, negative_ids: torch.Tensor | None,
+                 batch_size: int, seed: int):
+        self.pixels, self.token_ids, self.batch_size = pixels, token_ids, batch_size
+        self.negative_ids = negative_ids
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[dict]:
+        order = torch.randperm(len(self.pixels), generator=self.generator)
+        for i in range(0, len(order) - self.batch_size + 1, self.batch_size):
+            idx = order[i : i + self.batch_size]
+            ids = self.token_ids[idx]
+            batch = {"pixel_values": self.pixels[idx], "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            if self.negative_ids is not None:
+                batch["negative_ids"] = self.negative_ids[idx]
+            yield batch
+
+
+class SiglipObjective:
+    """SigLIP sigmoid loss, encoding only a random `patch_keep` fraction of patches (FLIP)."""
+
+    def __init__(self, patch_keep: float = 1.0, seed: int = 0):
+        self.patch_keep = patch_keep
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, model: SiglipModel, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        vision = model.vision_model
+        tokens = vision.embeddings(batch["pixel_values"])
+        if model.training:
+            tokens = drop_patches(tokens, self.patch_keep, self.generator)
+        hidden = vision.post_layernorm(vision.encoder(inputs_embeds=tokens).last_hidden_state)
+        image_emb = vision.head(hidden)
+        text_emb = model.text_model(input_ids=batch["input_ids"]).pooler_output
+        negatives = batch.get("negative_ids")
+        negative_emb = None if negatives is None else model.text_model(input_ids=negatives).pooler_output
+        loss = siglip_loss(image_emb, text_emb, model.logit_scale, model.logit_bias, negative_emb)
+        return loss, {}
+
+
+def train_vision_tower(
+    images: Sequence[Image.Image],
+    captions: Sequence[str],
+    negatives: Sequence[str] | None,
+    tokenizer: PreTrainedTokenizerBase,
+    model_config: SiglipConfig,
+    loop: LoopConfig,
+    *,
+    batch_size: int,
+    patch_keep: float = 1.0,
+    on_log: LogFn | None = None,
+) -> tuple[SiglipVisionModel, LoopResult, SiglipModel]:
+    """Train a dual-tower SigLIP on the pairs (plus one hard-negative caption per image, if
+    given); return its vision tower as a standalone model."""
+    torch.manual_seed(loop.seed)
+    model = SiglipModel(model_config)
+    with torch.no_grad():
+        model.logit_scale.fill_(np.log(10.0))
+        model.logit_bias.fill_(-10.0)
+    max_len = model_config.text_config.max_position_embeddings
+    ids = _caption_ids(tokenizer, captions, max_len)
+    negative_ids = None if negatives is None else _caption_ids(tokenizer, negatives, max_len)
+    pixels = images_to_tensor(images, model_config.vision_config.image_size)
+    batches = ContrastivePairs(pixels, ids, negative_ids, batch_size, loop.seed)
+    result = train(model, batches, loop, SiglipObjective(patch_keep, loop.seed), on_log)
+    vision = SiglipVisionModel(model_config.vision_config)
+    vision.load_state_dict(model.vision_model.state_dict())
+    return vision, result, model
+
+
+def _caption_ids(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_len: int) -> torch.Tensor:
+    return tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_len,
+                     add_special_tokens=False, return_tensors="pt").input_ids
+
+
+@torch.no_grad()
+def zero_shot_accuracy(model: SiglipModel, images: Sequence[Image.Image], captions: Sequence[str],
+                       candidates: Sequence[str], tokenizer: PreTrainedTokenizerBase) -> float:
+    """Fraction of images whose best-matching candidate caption is their own caption."""
+    model.eval()
+    max_len = model.config.text_config.max_position_embeddings
+    ids = _caption_ids(tokenizer, candidates, max_len)
+    text = nn.functional.normalize(model.text_model(input_ids=ids).pooler_output, dim=-1)
+    pixels = images_to_tensor(images, model.config.vision_config.image_size)
+    img = nn.functional.normalize(model.vision_model(pixel_values=pixels).pooler_output, dim=-1)
+    best = (img @ text.T).argmax(-1)
+    truth = torch.tensor([list(candidates).index(c) for c in captions])
+    return (best == truth).float().mean().item()
+
+
+class PackedText:
+    """Texts tokenised and packed into fixed-length blocks for causal-LM training."""
+
+    def __init__(self, texts: Sequence[str], tokenizer: PreTrainedTokenizerBase, block: int,
+                 batch_size: int, seed: int):
+        ids: list[int] = []
+        for t in texts:
+            ids.extend(tokenizer(t, add_special_tokens=False).input_ids)
+        n = len(ids) // block
+        if n < batch_size:
+            raise ValueError(f"only {n} blocks of {block} tokens for batch size {batch_size}")
+        self.blocks = torch.tensor(ids[: n * block]).view(n, block)
+        self.batch_size = batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self) -> Iterator[dict]:
+        order = torch.randperm(len(self.blocks), generator=self.generator)
+        for i in range(0, len(order) - self.batch_size + 1, self.batch_size):
+            ids = self.blocks[order[i : i + self.batch_size]]
+            yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+
+def train_language_model(
+    texts: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    model: LlamaForCausalLM,
+    loop: LoopConfig,
+    *,
+    batch_size: int,
+    block: int = 128,
+    on_log: LogFn | None = None,
+) -> LoopResult:
+    """Causal-LM training on packed text blocks (the model is trained in place)."""
+    torch.manual_seed(loop.seed)
+    batches = PackedText(texts, tokenizer, block, batch_size, loop.seed)
+    return train(model, batches, loop, on_log=on_log)

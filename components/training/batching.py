@@ -1,0 +1,119 @@
+"""Turn chat samples into model batches: image tokens, assistant-only labels, padding.
+
+Image tokens are never truncated: a sample longer than `max_length` is dropped and
+counted by the caller (see `encode_chat` returning None).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+IGNORE = -100
+
+
+def find_subsequence(seq: list[int], sub: list[int], start: int = 0) -> int:
+    """Index of the first occurrence of `sub` in `seq` at or after `start`, or -1."""
+    n = len(sub)
+    for i in range(start, len(seq) - n + 1):
+        if seq[i : i + n] == sub:
+            return i
+    return -1
+
+
+def assistant_mask(input_ids: list[int], header_ids: list[int], end_id: int) -> list[bool]:
+    """True on every assistant token: after each assistant header, up to and including its end token."""
+    mask = [False] * len(input_ids)
+    pos = find_subsequence(input_ids, header_ids)
+    while pos >= 0:
+        i = pos + len(header_ids)
+        while i < len(input_ids):
+            mask[i] = True
+            if input_ids[i] == end_id:
+                break
+            i += 1
+        pos = find_subsequence(input_ids, header_ids, i)
+    return mask
+
+
+@dataclass
+class Encoded:
+    """One tokenised sample: ids, labels and its images' pixel tensors."""
+
+    input_ids: list[int]
+    labels: list[int]
+    pixel_values: torch.Tensor | None  # (n_images, 3, H, W)
+    pixel_attention_mask: torch.Tensor | None
+
+
+class ChatEncoder:
+    """Encodes chat-format samples with a processor; the loss covers assistant turns only."""
+
+    def __init__(self, processor, max_length: int, assistant_header: str = "<|im_start|>assistant\n"):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.max_length = max_length
+        self.header_ids = self.tokenizer(assistant_header, add_special_tokens=False).input_ids
+        self.end_id = self.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+
+    def tokenize(self, text: str, images: list[Image.Image]) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
+        if images:
+            enc = self.processor(text=[text], images=[images], return_tensors="pt")
+            return enc.input_ids[0].tolist(), enc.pixel_values[0], enc.pixel_attention_mask[0]
+        return self.tokenizer(text, add_special_tokens=False).input_ids, None, None
+
+    def encode(self, messages: list[dict], images: list[Image.Image]) -> Encoded | None:
+        """Whole conversation; labels on assistant tokens. None when over max_length."""
+        text = self.processor.apply_chat_template(messages, tokenize=False)
+        ids, pixels, pmask = self.tokenize(text, images)
+        if len(ids) > self.max_length:
+            return None
+        mask = assistant_mask(ids, self.header_ids, self.end_id)
+        labels = [t if m else IGNORE for t, m in zip(ids, mask, strict=True)]
+        return Encoded(ids, labels, pixels, pmask)
+
+    def encode_with_answer(self, messages: list[dict], images: list[Image.Image], answer: str) -> Encoded | None:
+        """Prompt `messages` plus one assistant `answer` (for preference pairs)."""
+        full = messages + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]
+        return self.encode(full, images)
+
+    def prompt(self, messages: list[dict], images: list[Image.Image]) -> Encoded:
+        """Generation prompt (no labels), for evaluation."""
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids, pixels, pmask = self.tokenize(text, images)
+        return Encoded(ids, [IGNORE] * len(ids), pixels, pmask)
+
+
+def collate(items: list[Encoded], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """Pad ids/labels to the longest sample and images to the most images per sample.
+
+    Padding images are all-zero, which Idefics3 drops before the vision tower, so
+    text-only samples in a mixed batch cost no vision compute.
+    """
+    longest = max(len(it.input_ids) for it in items)
+    ids = torch.full((len(items), longest), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), longest), IGNORE, dtype=torch.long)
+    attn = torch.zeros((len(items), longest), dtype=torch.long)
+    for row, it in enumerate(items):
+        n = len(it.input_ids)
+        sl = slice(longest - n, longest) if padding_side == "left" else slice(0, n)
+        ids[row, sl] = torch.tensor(it.input_ids)
+        labels[row, sl] = torch.tensor(it.labels)
+        attn[row, sl] = 1
+    batch = {"input_ids": ids, "attention_mask": attn, "labels": labels}
+    with_images = [it for it in items if it.pixel_values is not None]
+    if with_images:
+        n_img = max(it.pixel_values.shape[0] for it in with_images)
+        _, c, h, w = with_images[0].pixel_values.shape
+        pixels = torch.zeros((len(items), n_img, c, h, w))
+        pmask = torch.zeros((len(items), n_img, h, w), dtype=torch.bool)
+        for row, it in enumerate(items):
+            if it.pixel_values is not None:
+                k = it.pixel_values.shape[0]
+                pixels[row, :k] = it.pixel_values
+                pmask[row, :k] = it.pixel_attention_mask.bool()
+        batch["pixel_values"] = pixels
+        batch["pixel_attention_mask"] = pmask
+    return batch

@@ -1,0 +1,181 @@
+"""The backbones stage: the tiny recipe's own pre-trained vision tower and LM.
+
+Each backbone is registered as a model of its own (`vision-tiny`, `lm-tiny`) and
+cached on (its recipe section, data version). Recipes on real hardware name hub
+backbones instead and have no `backbones:` section.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from transformers import SiglipConfig
+
+import registry
+from components.data.preference import hard_negative
+from components.data.sample import message_text
+from components.data.scene import Scene, SceneObject, caption
+from components.data.shards import read_samples
+from components.model.backbones import (
+    load_text_backbone,
+    tiny_text_tower_config,
+    tiny_vision_config,
+)
+from components.recipe import Recipe, TrainSettings, fingerprint
+from components.training.backbones import (
+    train_language_model,
+    train_vision_tower,
+    zero_shot_accuracy,
+)
+from components.training.data_stream import shard_paths
+from components.training.loop import LoopConfig
+from flows.data import DataVersion
+from flows.lineage import git_sha, log_data_inputs
+
+
+@dataclass
+class BackboneOutcome:
+    name: str
+    version: str
+    run_id: str
+    cached: bool
+    seconds: float
+    trainable: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def loop_config(t: TrainSettings, seed: int) -> LoopConfig:
+    return LoopConfig(steps=t.steps, lr=t.lr, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
+                      grad_clip=t.grad_clip, grad_accum=t.grad_accum, log_every=t.log_every, seed=seed)
+
+
+def _log_step(step: int, row: dict[str, float]) -> None:
+    registry.log_metrics(row, step=step)
+
+
+def image_caption_pairs(shards: Path, split: str, seed: int = 0):
+    """(image, caption, hard negative) triples: scenes with their canonical caption and a
+    binding-swapped or hallucinated one; OCR images with their text and its reversal."""
+    rng = random.Random(seed)
+    triples = []
+    for s in read_samples(shard_paths(shards, split, ["scenes_caption", "scenes_vqa", "ocr"])):
+        rec = s.record
+        if "objects" in rec:
+            scene = Scene(tuple(SceneObject(**o) for o in rec["objects"]), (0, 0, 0))
+            triples.append((s.images[0], caption(scene.objects), caption(hard_negative(scene, rng))))
+        else:
+            text = rec["answers"][0]
+            triples.append((s.images[0], text, text[::-1]))
+    return triples
+
+
+def corpus_chat_texts(shards: Path, tokenizer) -> list[str]:
+    """Every training conversation rendered with the chat template, images left out."""
+    texts = []
+    for s in read_samples(shard_paths(shards, "train", ["scenes_caption", "scenes_vqa", "ocr", "text"])):
+        messages = [{"role": m["role"], "content": message_text(m)} for m in s.record["messages"]]
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
+    return texts
+
+
+def _cached(name: str, key: str) -> BackboneOutcome | None:
+    version = registry.find_version(name, {"cache_key": key})
+    if version is None:
+        return None
+    info = registry.version_info(name, version)
+    run = registry.get_run(info["run_id"])
+    return BackboneOutcome(name, version, info["run_id"], True, 0.0,
+                           int(run["params"].get("trainable_params", 0)), run["metrics"])
+
+
+@task(name="train-vision-tower")
+def vision_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, force: bool) -> BackboneOutcome:
+    from transformers import AutoTokenizer
+
+    spec = recipe.backbones.vision
+    key = fingerprint(spec, data.version)
+    if not force and (hit := _cached(spec.registered_model, key)):
+        return hit
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer)
+    config = SiglipConfig(text_config=tiny_text_tower_config(len(tokenizer), **spec.text_tower).to_dict(),
+                          vision_config=tiny_vision_config(**spec.config).to_dict())
+    triples = image_caption_pairs(data.shards, "train", recipe.seed)
+    with registry.start_run(spec.registered_model, parent_run_id=parent_run_id,
+                            tags={"stage": "backbones", "backbone": "vision"}) as run_id:
+        log_data_inputs(data, run_id)
+        images, captions, negatives = zip(*triples, strict=True)
+        vision, result, dual = train_vision_tower(
+            images, captions, negatives if spec.hard_negatives else None, tokenizer, config,
+            loop_config(spec.train, recipe.seed), batch_size=spec.train.batch_size,
+            patch_keep=spec.patch_keep, on_log=_log_step)
+        test = image_caption_pairs(data.shards, "test")[:200]
+        test_caps = [c for _, c, _ in test]
+        metrics = {
+            "zero_shot_caption_retrieval": zero_shot_accuracy(
+                dual, [i for i, _, _ in test], test_caps, sorted(set(test_caps)), tokenizer),
+            "loss_first": result.mean_loss(first=True), "loss_last": result.mean_loss(first=False),
+            "seconds": time.perf_counter() - start,
+        }
+        trainable = sum(p.numel() for p in vision.parameters())
+        registry.log_params({"backbone": spec.model_dump(mode="json"), "trainable_params": trainable,
+                             "pairs": len(triples)})
+        registry.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            vision.save_pretrained(tmp)
+            version = registry.register_hf_model(
+                Path(tmp), spec.registered_model, run_id=run_id,
+                tags={"cache_key": key, "data_version": data.version, "git_sha": git_sha(),
+                      "stage": "backbones"})
+    return BackboneOutcome(spec.registered_model, version, run_id, False, metrics["seconds"], trainable, metrics)
+
+
+@task(name="train-language-model")
+def lm_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, force: bool) -> BackboneOutcome:
+    from transformers import AutoTokenizer
+
+    spec = recipe.backbones.text
+    key = fingerprint(spec, data.version)
+    if not force and (hit := _cached(spec.registered_model, key)):
+        return hit
+    start = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer)
+    lm = load_text_backbone(spec.config, vocab_size=len(tokenizer))
+    texts = corpus_chat_texts(data.shards, tokenizer)
+    with registry.start_run(spec.registered_model, parent_run_id=parent_run_id,
+                            tags={"stage": "backbones", "backbone": "text"}) as run_id:
+        log_data_inputs(data, run_id)
+        result = train_language_model(texts, tokenizer, lm, loop_config(spec.train, recipe.seed),
+                                      batch_size=spec.train.batch_size, block=spec.block,
+                                      on_log=_log_step)
+        trainable = sum(p.numel() for p in lm.parameters())
+        metrics = {"loss_first": result.mean_loss(first=True), "loss_last": result.mean_loss(first=False),
+                   "seconds": time.perf_counter() - start}
+        registry.log_params({"backbone": spec.model_dump(mode="json"), "trainable_params": trainable})
+        registry.log_metrics(metrics)
+        with tempfile.TemporaryDirectory() as tmp:
+            lm.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            version = registry.register_hf_model(
+                Path(tmp), spec.registered_model, run_id=run_id,
+                tags={"cache_key": key, "data_version": data.version, "git_sha": git_sha(),
+                      "stage": "backbones"})
+    return BackboneOutcome(spec.registered_model, version, run_id, False, metrics["seconds"], trainable, metrics)
+
+
+@flow(name="backbones")
+def backbones_flow(recipe: Recipe, data: DataVersion, parent_run_id: str | None = None,
+                   force: bool = False) -> list[BackboneOutcome]:
+    """Train (or reuse) the tiny vision tower and LM; nothing to do for hub backbones."""
+    if recipe.backbones is None:
+        get_run_logger().info("recipe names pre-trained backbones: nothing to train")
+        return []
+    outcomes = [vision_task(recipe, data, parent_run_id, force), lm_task(recipe, data, parent_run_id, force)]
+    for o in outcomes:
+        get_run_logger().info("%s v%s %s", o.name, o.version, "(cached)" if o.cached else "")
+    return outcomes

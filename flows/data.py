@@ -1,0 +1,130 @@
+"""The data stage: `dvc repro` over dvc.yaml in a per-recipe DVC workspace.
+
+The workspace ($VLMFORGE_HOME/data/<recipe>) holds dvc.yaml (the project's, with
+code dependencies made absolute), params.yaml (the recipe's data section) and the
+outputs. DVC decides what to rebuild; the content hashes in dvc.lock are the data
+version that every training run records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+from prefect import flow, get_run_logger, task
+
+from components.recipe import Recipe
+from flows.environment import vlmforge_home
+from flows.lineage import log_data_stage
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class DataVersion:
+    """Where a recipe's data lives and which content it has."""
+
+    workspace: str
+    version: str  # short hash over all DVC outputs
+    hashes: dict[str, str]  # DVC output path -> md5
+    counts: dict[str, dict[str, int]]
+
+    @property
+    def shards(self) -> Path:
+        return Path(self.workspace) / "data" / "shards"
+
+    @property
+    def tokenizer(self) -> Path:
+        return Path(self.workspace) / "data" / "tokenizer"
+
+
+class DataStageError(RuntimeError):
+    """`dvc repro` failed; the message carries the failing stage's own error."""
+
+
+def workspace_for(recipe: Recipe) -> Path:
+    return vlmforge_home() / "data" / recipe.name
+
+
+def render_dvc_yaml(source: Path = PROJECT_ROOT / "dvc.yaml") -> str:
+    """The project's dvc.yaml with code dependencies pointing into the project."""
+    spec = yaml.safe_load(source.read_text())
+    for stage in spec["stages"].values():
+        stage["deps"] = [
+            str(PROJECT_ROOT / d) if d.startswith("components/") else d for d in stage.get("deps", [])
+        ]
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+def prepare_workspace(recipe: Recipe) -> Path:
+    ws = workspace_for(recipe)
+    ws.mkdir(parents=True, exist_ok=True)
+    if not (ws / ".dvc").exists():
+        _dvc(ws, "init", "--no-scm", "--quiet")
+        _dvc(ws, "config", "core.analytics", "false")
+    _write_if_changed(ws / "dvc.yaml", render_dvc_yaml())
+    params = {"data": recipe.data.model_dump(mode="json")}
+    _write_if_changed(ws / "params.yaml", yaml.safe_dump(params, sort_keys=True))
+    return ws
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
+def _dvc(ws: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=ws, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise DataStageError(f"`dvc {' '.join(args)}` failed in {ws}:\n{tail}")
+    return proc
+
+
+def read_version(ws: Path) -> DataVersion:
+    """Data version from dvc.lock: every stage output's md5."""
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())
+    hashes = {out["path"]: out["md5"] for st in lock["stages"].values() for out in st.get("outs", [])}
+    version = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:12]
+    counts = _counts(ws / "data" / "shards" / "manifests")
+    return DataVersion(str(ws), version, hashes, counts)
+
+
+def _counts(manifests: Path) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for path in sorted(manifests.glob("*.jsonl")):
+        per_task: dict[str, int] = {}
+        for line in path.read_text().splitlines():
+            task_name = json.loads(line)["task"]
+            per_task[task_name] = per_task.get(task_name, 0) + 1
+        counts[path.stem] = per_task
+    return counts
+
+
+@task(name="dvc-repro")
+def dvc_repro(recipe: Recipe) -> dict:
+    """Run the data stages; DVC skips the ones whose inputs did not change."""
+    logger = get_run_logger()
+    ws = prepare_workspace(recipe)
+    proc = _dvc(ws, "repro")
+    for line in proc.stdout.strip().splitlines():
+        logger.info(line)
+    return asdict(read_version(ws))
+
+
+@flow(name="data")
+def data_flow(recipe: Recipe, parent_run_id: str | None = None) -> DataVersion:
+    """Generate, validate and tokenise the recipe's data; log its version to MLflow."""
+    data = DataVersion(**dvc_repro(recipe))
+    log_data_stage(recipe, data, parent_run_id)
+    get_run_logger().info("data version %s (%s)", data.version, data.hashes)
+    return data

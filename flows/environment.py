@@ -1,0 +1,43 @@
+"""Process environment for offline, embedded use: set before heavy imports.
+
+Telemetry off for Prefect, MLflow, DVC and Hugging Face; no hub access; Prefect's
+embedded server gets time to start on a busy 2-core machine; OpenMP threads sleep
+instead of spinning when the machine is busy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+OFFLINE_DEFAULTS = {
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_UI_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "GX_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_WAIT_POLICY": "PASSIVE",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
+def vlmforge_home() -> Path:
+    """Where the embedded stores live: $VLMFORGE_HOME or ./.vlmforge."""
+    return Path(os.environ.get("VLMFORGE_HOME", ".vlmforge")).resolve()
+
+
+def configure_environment() -> Path:
+    """Set the offline defaults (existing variables win) and return the home directory."""
+    home = vlmforge_home()
+    home.mkdir(parents=True, exist_ok=True)
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    return home

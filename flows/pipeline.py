@@ -1,0 +1,57 @@
+"""The `pipeline` flow: data -> backbones -> pretrain -> sft -> align -> evaluate,
+one sub-flow per stage, one MLflow parent run with a child run per stage."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from prefect import flow
+
+import registry
+from components.recipe import Recipe
+from flows.backbones import BackboneOutcome, backbones_flow
+from flows.data import DataVersion, data_flow
+from flows.evaluate import EvalOutcome, evaluate_flow
+from flows.lineage import git_sha
+from flows.summary import Row, render
+from flows.training import STAGE_FLOWS, StageOutcome
+
+
+@dataclass
+class PipelineResult:
+    data: DataVersion
+    backbones: list[BackboneOutcome]
+    stages: list[StageOutcome]
+    evaluation: EvalOutcome
+    run_id: str
+    seconds: float
+
+    def summary(self, model_name: str) -> str:
+        rows = [Row(f"backbone {b.name}", b.run_id, f"{b.name} v{b.version}", b.trainable, b.seconds,
+                    b.cached, b.metrics) for b in self.backbones]
+        rows += [Row(s.stage, s.run_id, f"{model_name} v{s.version}", s.trainable, s.seconds,
+                     s.cached, s.metrics) for s in self.stages]
+        ev = self.evaluation
+        rows.append(Row("evaluate", ev.run_id, f"{model_name} v{ev.version}", 0, ev.seconds,
+                        ev.cached, {}))
+        return render(rows, ev.metrics, ev.champion, model_name, ev.reason, self.data.version,
+                      self.seconds)
+
+
+@flow(name="pipeline")
+def pipeline(recipe: Recipe, force: bool = False) -> PipelineResult:
+    """Every stage of the recipe, each reusing its previous result when nothing changed."""
+    start = time.perf_counter()
+    with registry.start_run(f"pipeline-{recipe.name}",
+                            tags={"recipe": recipe.name, "git_sha": git_sha()}) as run_id:
+        registry.log_params({"recipe": recipe.model_dump(mode="json")})
+        data = data_flow(recipe, parent_run_id=run_id)
+        backbones = backbones_flow(recipe, data, parent_run_id=run_id, force=force)
+        stages: list[StageOutcome] = []
+        for kind in ("pretrain", "sft", "align"):
+            stages += STAGE_FLOWS[kind](recipe, data, backbones, parent_run_id=run_id, force=force)
+        evaluation = evaluate_flow(recipe, stages[-1].version, data, parent_run_id=run_id, force=force)
+        registry.log_metrics({f"final_{k}": v for k, v in evaluation.metrics.items()})
+        registry.set_tags({"final_version": stages[-1].version, "champion": evaluation.champion})
+    return PipelineResult(data, backbones, stages, evaluation, run_id, time.perf_counter() - start)

@@ -1,0 +1,43 @@
+"""The end-of-run summary table printed by `vlmforge run`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KEY_METRICS = ("heldout_vqa_colour_accuracy", "heldout_vqa_existence_accuracy",
+               "heldout_vqa_count_accuracy", "heldout_ocr_accuracy", "loss_last",
+               "zero_shot_caption_retrieval")
+SHORT = {"heldout_vqa_colour_accuracy": "colour", "heldout_vqa_existence_accuracy": "exists",
+         "heldout_vqa_count_accuracy": "count", "heldout_ocr_accuracy": "ocr",
+         "loss_last": "loss", "zero_shot_caption_retrieval": "retrieval"}
+
+
+@dataclass
+class Row:
+    stage: str
+    run_id: str | None
+    version: str
+    trainable: int
+    seconds: float
+    cached: bool
+    metrics: dict[str, float]
+
+
+def _fmt_metrics(metrics: dict[str, float]) -> str:
+    return " ".join(f"{SHORT[k]}={metrics[k]:.2f}" for k in KEY_METRICS if k in metrics)
+
+
+def render(rows: list[Row], scores: dict[str, float], champion: str | None, model_name: str,
+           promotion: str, data_version: str, wall: float) -> str:
+    header = f"{'stage':<16}{'mlflow run':<34}{'version':<16}{'trainable':>11}{'wall s':>8}  metrics"
+    lines = ["", f"vlmforge run: {model_name}, data version {data_version}, {wall:.0f}s wall", "",
+             header, "-" * len(header)]
+    for r in rows:
+        wall_s = "cached" if r.cached else f"{r.seconds:.0f}"
+        lines.append(f"{r.stage:<16}{(r.run_id or '-'):<34}{r.version:<16}{r.trainable:>11,}"
+                     f"{wall_s:>8}  {_fmt_metrics(r.metrics)}")
+    lines += ["", "benchmark scores (held-out test split):"]
+    lines += [f"  {k:<32}{v:.3f}" for k, v in sorted(scores.items())]
+    lines += ["", f"registry: models:/{model_name}@champion -> version {champion}  ({promotion})",
+              "browse runs, curves, sample predictions and the registry:  vlmforge ui", ""]
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""The VLM training stages (pretrain, sft, align): one MLflow run and one registered
+version each; the registry is the hand-off between stages.
+
+A stage is skipped when a version with the same cache key exists: the key covers
+the stage's recipe section, the model section, the parent version and the data
+version. `force=True` retrains.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+
+import registry
+from components.data.shards import read_samples
+from components.evaluation.synthetic_suite import evaluate_suite
+from components.model.freeze import apply_unfreezing
+from components.recipe import Recipe, Stage, fingerprint
+from components.training.batching import ChatEncoder
+from components.training.data_stream import shard_paths
+from components.training.stage import run_stage
+from flows.backbones import BackboneOutcome, loop_config
+from flows.data import DataVersion
+from flows.lineage import git_sha, log_data_inputs, log_predictions
+from flows.models import assemble_from_backbones, load_version, processor_for, save_vlm
+
+QUICK_EVAL_SIZE = 240  # held-out questions scored after every stage
+
+
+@dataclass
+class StageOutcome:
+    stage: str
+    kind: str
+    version: str
+    parent_version: str
+    run_id: str
+    cached: bool
+    seconds: float
+    trainable: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def quick_eval_samples(data: DataVersion, size: int = QUICK_EVAL_SIZE) -> list:
+    """A fixed held-out slice of every test source, interleaved so each task is represented."""
+    per_source = [list(read_samples(shard_paths(data.shards, "test", [s])))
+                  for s in ("scenes_vqa", "ocr", "text", "scenes_caption")]
+    out, i = [], 0
+    while len(out) < size and any(i < len(p) for p in per_source):
+        out.extend(p[i] for p in per_source if i < len(p))
+        i += 1
+    return out[:size]
+
+
+def parent_of(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list[BackboneOutcome]) -> str:
+    """The version a stage starts from: the previous stage's newest version on this data, or
+    `backbones:<name>=<v>,...` for the first stage."""
+    previous = recipe.previous_stage(stage)
+    if previous is None:
+        return "backbones:" + ",".join(f"{b.name}={b.version}" for b in backbones)
+    version = registry.find_version(recipe.registered_model,
+                                    {"stage": previous.name, "data_version": data.version})
+    if version is None:
+        raise LookupError(f"stage {stage.name!r} needs a version of {previous.name!r} on data "
+                          f"{data.version}: run the previous stage first")
+    return version
+
+
+def _cached(recipe: Recipe, stage: Stage, key: str, parent: str) -> StageOutcome | None:
+    version = registry.find_version(recipe.registered_model, {"cache_key": key})
+    if version is None:
+        return None
+    info = registry.version_info(recipe.registered_model, version)
+    run = registry.get_run(info["run_id"])
+    return StageOutcome(stage.name, stage.kind, version, parent, info["run_id"], True, 0.0,
+                        int(run["params"].get("trainable_params", 0)), run["metrics"])
+
+
+@task(name="train-stage")
+def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list[BackboneOutcome],
+                parent_run_id: str | None, force: bool) -> StageOutcome:
+    logger = get_run_logger()
+    parent = parent_of(recipe, stage, data, backbones)
+    key = fingerprint(stage, recipe.model, parent, data.version)
+    if not force and (hit := _cached(recipe, stage, key, parent)):
+        logger.info("%s: unchanged, reusing version %s", stage.name, hit.version)
+        return hit
+    start = time.perf_counter()
+    if parent.startswith("backbones:"):
+        model, tokenizer = assemble_from_backbones(recipe, {b.name: b.version for b in backbones})
+    else:
+        model, tokenizer = load_version(recipe.registered_model, parent)
+    processor = processor_for(model, tokenizer, stage.longest_edge)
+    counts = apply_unfreezing(model, stage.unfreeze)
+    with registry.start_run(stage.name, parent_run_id=parent_run_id,
+                            tags={"stage": stage.name, "kind": stage.kind}) as run_id:
+        log_data_inputs(data, run_id)
+        registry.log_params({"stage": stage.model_dump(mode="json"), "parent_version": parent,
+                             "trainable_params": sum(counts.values()),
+                             **{f"trainable_{g}": n for g, n in counts.items()}})
+        run = run_stage(model, processor, stage, data.shards, loop_config(stage.train, recipe.seed),
+                        max_length=recipe.model.max_length,
+                        on_log=lambda step, row: registry.log_metrics(row, step=step))
+        seconds = time.perf_counter() - start
+        samples = quick_eval_samples(data)
+        suite = evaluate_suite(model, ChatEncoder(processor, recipe.model.max_length), samples,
+                               max_new_tokens=recipe.evaluate.max_new_tokens,
+                               batch_size=recipe.evaluate.batch_size)
+        metrics = {"loss_first": run.result.mean_loss(first=True),
+                   "loss_last": run.result.mean_loss(first=False),
+                   "dropped_too_long": float(run.dropped), "train_seconds": seconds,
+                   **{f"heldout_{k}": v for k, v in suite.metrics.items()}}
+        registry.log_metrics(metrics)
+        log_predictions(suite.rows, [s.images[0] if s.images else None for s in samples],
+                        "heldout", recipe.evaluate.samples_to_log)
+        with tempfile.TemporaryDirectory() as tmp:
+            save_vlm(model, processor, Path(tmp))
+            version = registry.register_hf_model(
+                Path(tmp), recipe.registered_model, run_id=run_id,
+                tags={"stage": stage.name, "kind": stage.kind, "data_version": data.version,
+                      "git_sha": git_sha(), "parent_version": parent, "cache_key": key,
+                      "recipe": recipe.name},
+                description=f"{recipe.name} after stage {stage.name}")
+    logger.info("%s: registered %s v%s in %.0fs", stage.name, recipe.registered_model, version, seconds)
+    return StageOutcome(stage.name, stage.kind, version, parent, run_id, False, seconds,
+                        sum(counts.values()), metrics)
+
+
+def _stage_flow(kind: str):
+    @flow(name=kind)
+    def stage_flow(recipe: Recipe, data: DataVersion, backbones: list[BackboneOutcome],
+                   parent_run_id: str | None = None, force: bool = False) -> list[StageOutcome]:
+        return [train_stage(recipe, stage, data, backbones, parent_run_id, force)
+                for stage in recipe.stages_of(kind)]
+
+    stage_flow.__doc__ = f"Run every `{kind}` stage of the recipe in order."
+    return stage_flow
+
+
+pretrain_flow = _stage_flow("pretrain")
+sft_flow = _stage_flow("sft")
+align_flow = _stage_flow("align")
+STAGE_FLOWS = {"pretrain": pretrain_flow, "sft": sft_flow, "align": align_flow}

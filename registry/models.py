@@ -1,0 +1,271 @@
+"""Model registry: log a saved HF model directory as a pyfunc version, look versions up.
+
+Versions are identified by ``(name, version)`` strings. MLflow is imported lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import uuid
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .tracking import client, current_config
+
+HF_ARTIFACT = "hf_model"  # artifact key of the HF directory inside the pyfunc model
+REGISTER_TIMEOUT_S = 300
+_PIP_PACKAGES = ("mlflow", "torch", "transformers", "pillow", "pandas", "numpy")
+_SAFE = re.compile(r"^[^'`\\]*$")  # values we can inline in a search filter
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+
+
+def _pip_requirements() -> list[str]:
+    """Pinned requirements of the running environment (no inference, no model run)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = []
+    for pkg in _PIP_PACKAGES:
+        try:
+            reqs.append(f"{pkg}=={version(pkg).split('+')[0]}")
+        except PackageNotFoundError:
+            reqs.append(pkg)
+    return reqs
+
+
+def _signature() -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    from .pyfunc_model import DEFAULT_MAX_NEW_TOKENS
+
+    return ModelSignature(
+        inputs=Schema(
+            [
+                ColSpec("string", "image"),
+                ColSpec("string", "question"),
+                ColSpec("long", "max_new_tokens", required=False),
+            ]
+        ),
+        outputs=Schema([ColSpec("string", "answer")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]),
+    )
+
+
+@contextmanager
+def _quiet_pyfunc_logging() -> Iterator[None]:
+    """Silence MLflow's advice on cloudpickle and input examples while logging."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*input example was not provided")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _ensure_registered_model(name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().create_registered_model(name)
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+
+
+def register_hf_model(
+    hf_dir: Path,
+    name: str,
+    *,
+    run_id: str,
+    tags: Mapping[str, str],
+    description: str | None = None,
+) -> str:
+    """Log ``hf_dir`` as a pyfunc model of run ``run_id`` and register it as a new version.
+
+    The run need not be active (or even running) in this thread. Returns the version
+    once it is READY. Loading the pyfunc needs the ``registry`` package importable.
+    """
+    import mlflow.pyfunc
+    from mlflow.models import Model
+
+    from .pyfunc_model import VLMPyfunc
+
+    hf_dir = Path(hf_dir).resolve()
+    if not hf_dir.is_dir():
+        raise FileNotFoundError(f"not a model directory: {hf_dir}")
+    c = client()
+    str_tags = {k: str(v) for k, v in tags.items()}
+    exp_id = c.get_run(run_id).info.experiment_id
+    # Create the LoggedModel in the run's experiment explicitly: MLflow would otherwise use
+    # this thread's active run or the Default experiment.
+    logged = c.create_logged_model(exp_id, name=_slug(name), source_run_id=run_id, tags=str_tags)
+    with _quiet_pyfunc_logging():
+        # Model.log is what mlflow.pyfunc.log_model calls; unlike it, it accepts run_id.
+        Model.log(
+            artifact_path=None,  # deprecated but positional; MLflow 3 uses `name`
+            name=_slug(name),
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            python_model=VLMPyfunc(),
+            artifacts={HF_ARTIFACT: str(hf_dir)},
+            pip_requirements=_pip_requirements(),
+            signature=_signature(),
+        )
+    _ensure_registered_model(name)
+    mv = c.create_model_version(
+        name,
+        source=f"models:/{logged.model_id}",
+        run_id=run_id,
+        tags=str_tags,
+        description=description,
+        model_id=logged.model_id,
+        await_creation_for=REGISTER_TIMEOUT_S,
+    )
+    status = c.get_model_version(name, mv.version).status
+    if status != "READY":
+        raise RuntimeError(f"model {name!r} version {mv.version} is {status}, not READY")
+    return str(mv.version)
+
+
+def hf_model_dir(name: str, version: str) -> Path:
+    """Local copy of the HF directory of ``name``/``version`` (downloaded once, then cached)."""
+    import mlflow.artifacts
+
+    mv = client().get_model_version(name, str(version))
+    key = _slug(mv.source.removeprefix("models:/"))
+    target = current_config().home / "model-cache" / _slug(name) / f"v{mv.version}-{key}"
+    if not (target / "MLmodel").is_file():
+        staging = target.with_name(f".{target.name}.{uuid.uuid4().hex}")
+        staging.mkdir(parents=True)
+        try:
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{mv.version}",
+                dst_path=str(staging),
+                tracking_uri=current_config().tracking_uri,
+            )
+            try:
+                staging.rename(target)
+            except OSError:  # another process finished the same download first
+                if not (target / "MLmodel").is_file():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / _hf_subpath(target)
+
+
+def _hf_subpath(model_dir: Path) -> str:
+    """Where the pyfunc flavor stored the ``hf_model`` artifact (MLflow keeps the dir name)."""
+    from mlflow.models import Model
+
+    flavor = Model.load(str(model_dir / "MLmodel")).flavors["python_function"]
+    try:
+        return flavor["artifacts"][HF_ARTIFACT]["path"]
+    except KeyError:
+        raise FileNotFoundError(f"{model_dir} has no '{HF_ARTIFACT}' artifact") from None
+
+
+def _model_id_from_source(source: str | None) -> str | None:
+    if source and source.startswith("models:/m-") and source.count("/") == 1:
+        return source.removeprefix("models:/")
+    return None
+
+
+def _info(mv: Any) -> dict[str, Any]:
+    created = datetime.fromtimestamp(mv.creation_timestamp / 1000, tz=UTC)
+    return {
+        "name": mv.name,
+        "version": str(mv.version),
+        "status": mv.status,
+        "run_id": mv.run_id,
+        # the SQL registry store does not persist model_id; MLflow 3 sources are models:/<id>
+        "model_id": mv.model_id or _model_id_from_source(mv.source),
+        "source": mv.source,
+        "description": mv.description,
+        "tags": dict(mv.tags),
+        "aliases": sorted(mv.aliases),
+        "creation_timestamp": mv.creation_timestamp,
+        "created": created.isoformat(),
+    }
+
+
+def _search(name: str, tags: Mapping[str, str] | None = None) -> list[Any]:
+    """All versions of ``name`` (newest first) whose tags include ``tags``.
+
+    Filters are pushed down to the store (the SQL store ANDs tag filters) where
+    safely quotable; the result is always re-checked in Python.
+    """
+    tags = {k: str(v) for k, v in (tags or {}).items()}
+    clauses = [f"name = '{name}'"] if _SAFE.match(name) else []
+    clauses += [f"tags.`{k}` = '{v}'" for k, v in tags.items() if _SAFE.match(k) and _SAFE.match(v)]
+    c, found, token = client(), [], None
+    while True:
+        page = c.search_model_versions(
+            " AND ".join(clauses) or None,
+            max_results=1000,
+            order_by=["version_number DESC"],
+            page_token=token,
+        )
+        found.extend(page)
+        token = page.token
+        if not token:
+            break
+    matches = [
+        mv for mv in found if mv.name == name and all(mv.tags.get(k) == v for k, v in tags.items())
+    ]
+    return sorted(matches, key=lambda mv: int(mv.version), reverse=True)
+
+
+def find_version(name: str, tags: Mapping[str, str]) -> str | None:
+    """Newest READY version of ``name`` whose tags include all of ``tags``."""
+    for mv in _search(name, tags):
+        if mv.status == "READY":
+            return str(mv.version)
+    return None
+
+
+def version_info(name: str, version: str) -> dict[str, Any]:
+    """Tags, run id, aliases, status, source and creation time of one version."""
+    return _info(client().get_model_version(name, str(version)))
+
+
+def list_versions(name: str) -> list[dict[str, Any]]:
+    """:func:`version_info` of every version of ``name``, oldest first."""
+    return [_info(mv) for mv in reversed(_search(name))]
+
+
+def get_alias(name: str, alias: str) -> str | None:
+    """Version holding ``alias`` of model ``name``, or None (also when the model is unknown)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client().get_registered_model(name).aliases.get(alias)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return None if version is None else str(version)
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    """Point ``alias`` of model ``name`` at ``version`` (moving it if held elsewhere)."""
+    client().set_registered_model_alias(name, alias, str(version))
+
+
+def set_version_tags(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    """Set (overwrite) tags on one version; values are stringified."""
+    c = client()
+    for k, v in tags.items():
+        c.set_model_version_tag(name, str(version), k, str(v))

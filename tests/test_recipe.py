@@ -1,0 +1,55 @@
+"""Recipes validate at load time; a typo names the offending field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from components.recipe import fingerprint, load_recipe
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+@pytest.mark.parametrize("name", ["tiny.yaml", "micro.yaml"])
+def test_shipped_recipes_load(name):
+    recipe = load_recipe(CONFIGS / name)
+    kinds = [s.kind for s in recipe.stages]
+    assert kinds.count("pretrain") >= 2 and "sft" in kinds and "align" in kinds
+    edges = [s.longest_edge for s in recipe.stages_of("pretrain")]
+    assert edges == sorted(edges) and edges[0] < edges[-1]  # rising resolution
+
+
+def test_unknown_source_is_named(tmp_path):
+    raw = yaml.safe_load((CONFIGS / "micro.yaml").read_text())
+    raw["stages"][0]["sources"] = ["scenes_caption", "photos"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValidationError, match="unknown sources \\['photos'\\]"):
+        load_recipe(path)
+
+
+def test_unknown_key_is_rejected(tmp_path):
+    raw = yaml.safe_load((CONFIGS / "micro.yaml").read_text())
+    raw["stages"][0]["train"]["stepz"] = 3
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValidationError, match="stepz"):
+        load_recipe(path)
+
+
+def test_fingerprint_changes_with_the_stage_section():
+    recipe = load_recipe(CONFIGS / "micro.yaml")
+    stage = recipe.stages[0]
+    changed = stage.model_copy(update={"longest_edge": 64})
+    assert fingerprint(stage, "v1") == fingerprint(stage.model_copy(), "v1")
+    assert fingerprint(stage, "v1") != fingerprint(changed, "v1")
+    assert fingerprint(stage, "v1") != fingerprint(stage, "v2")
+
+
+def test_root_params_yaml_matches_the_default_recipe():
+    """`dvc repro` at the project root builds exactly the data `vlmforge run` builds."""
+    params = yaml.safe_load((CONFIGS.parent / "params.yaml").read_text())
+    assert params["data"] == load_recipe(CONFIGS / "tiny.yaml").data.model_dump(mode="json")

@@ -1,0 +1,57 @@
+"""DPO/IPO on known log-probabilities, sequence log-probs, SigLIP loss, FLIP patch drop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from components.training.batching import IGNORE
+from components.training.objectives import (
+    drop_patches,
+    preference_loss,
+    sequence_logps,
+    siglip_loss,
+)
+
+
+def test_dpo_sigmoid_loss_on_known_logps():
+    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
+    rc, rr = torch.tensor([-2.0, -2.0]), torch.tensor([-2.0, -2.0])
+    loss, m = preference_loss(pc, pr, rc, rr, beta=0.5)
+    # margins: (1 - (-1)) = 2 and (0 - 1) = -1
+    expected = (-math.log(1 / (1 + math.exp(-1.0))) - math.log(1 / (1 + math.exp(0.5)))) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert m["reward_chosen"] == pytest.approx((0.5 * 1 + 0.5 * 0) / 2)
+    assert m["reward_rejected"] == pytest.approx((0.5 * -1 + 0.5 * 1) / 2)
+    assert m["reward_accuracy"] == pytest.approx(0.5)
+
+
+def test_ipo_loss_on_known_logps():
+    loss, _ = preference_loss(torch.tensor([0.0]), torch.tensor([-1.0]), torch.tensor([0.0]),
+                              torch.tensor([0.0]), beta=0.25, loss_type="ipo")
+    assert loss.item() == pytest.approx((1 - 2) ** 2)
+
+
+def test_sequence_logps_sums_labelled_tokens_only():
+    logits = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75], [0.9, 0.1]]]))
+    labels = torch.tensor([[IGNORE, 1, 0]])  # predicts token 1 from pos 0, token 0 from pos 1
+    assert sequence_logps(logits, labels).item() == pytest.approx(math.log(0.5) + math.log(0.25))
+
+
+def test_siglip_loss_prefers_matching_pairs():
+    emb = torch.eye(4)
+    good = siglip_loss(emb, emb, torch.tensor(math.log(10.0)), torch.tensor(-5.0))
+    bad = siglip_loss(emb, emb.roll(1, 0), torch.tensor(math.log(10.0)), torch.tensor(-5.0))
+    assert good < bad
+
+
+def test_drop_patches_keeps_a_fraction_of_real_tokens():
+    tokens = torch.arange(2 * 16 * 3, dtype=torch.float).view(2, 16, 3)
+    kept = drop_patches(tokens, 0.25, torch.Generator().manual_seed(0))
+    assert kept.shape == (2, 4, 3)
+    for b in range(2):
+        rows = {tuple(r.tolist()) for r in tokens[b]}
+        assert all(tuple(r.tolist()) in rows for r in kept[b])
+    assert drop_patches(tokens, 1.0) is tokens
