@@ -68,6 +68,7 @@ class ModelSpec(_Strict):
 
 
 Unfreeze = dict[str, Literal["frozen", "full"]]
+KINDS = ("pretrain", "sft", "align")
 
 
 class Stage(_Strict):
@@ -116,6 +117,9 @@ class Recipe(_Strict):
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique: {names}")
+        order = [KINDS.index(s.kind) for s in self.stages]
+        if order != sorted(order):
+            raise ValueError(f"stages must run pretrain -> sft -> align, got {[s.kind for s in self.stages]}")
         if self.data.image_size < max((s.longest_edge for s in self.stages), default=0):
             raise ValueError("a stage's longest_edge exceeds the generated image size")
         return self

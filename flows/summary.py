@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KEY_METRICS = ("heldout_vqa_colour_accuracy", "heldout_vqa_existence_accuracy",
-               "heldout_vqa_count_accuracy", "heldout_ocr_accuracy", "loss_last",
-               "zero_shot_caption_retrieval")
-SHORT = {"heldout_vqa_colour_accuracy": "colour", "heldout_vqa_existence_accuracy": "exists",
-         "heldout_vqa_count_accuracy": "count", "heldout_ocr_accuracy": "ocr",
-         "loss_last": "loss", "zero_shot_caption_retrieval": "retrieval"}
+SHORT = {"loss_last": "loss", "zero_shot_caption_retrieval": "retrieval",
+         "heldout_vqa_colour_accuracy": "colour", "heldout_vqa_count_accuracy": "count",
+         "heldout_vqa_position_accuracy": "position", "heldout_vqa_existence_accuracy": "exists",
+         "heldout_ocr_accuracy": "ocr", "heldout_text_accuracy": "text",
+         "heldout_existence_hallucination_rate": "halluc"}
+KEY_METRICS = tuple(SHORT)
 
 
 @dataclass
@@ -29,12 +29,12 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
 
 def render(rows: list[Row], scores: dict[str, float], champion: str | None, model_name: str,
            promotion: str, data_version: str, wall: float) -> str:
-    header = f"{'stage':<16}{'mlflow run':<34}{'version':<16}{'trainable':>11}{'wall s':>8}  metrics"
+    header = f"{'stage':<22}{'mlflow run':<34}{'version':<16}{'trainable':>11}{'wall s':>8}  metrics"
     lines = ["", f"vlmforge run: {model_name}, data version {data_version}, {wall:.0f}s wall", "",
              header, "-" * len(header)]
     for r in rows:
         wall_s = "cached" if r.cached else f"{r.seconds:.0f}"
-        lines.append(f"{r.stage:<16}{(r.run_id or '-'):<34}{r.version:<16}{r.trainable:>11,}"
+        lines.append(f"{r.stage:<22}{(r.run_id or '-'):<34}{r.version:<16}{r.trainable:>11,}"
                      f"{wall_s:>8}  {_fmt_metrics(r.metrics)}")
     lines += ["", "benchmark scores (held-out test split):"]
     lines += [f"  {k:<32}{v:.3f}" for k, v in sorted(scores.items())]

@@ -65,12 +65,18 @@ class SiglipObjective:
         if model.training:
             tokens = drop_patches(tokens, self.patch_keep, self.generator)
         hidden = vision.post_layernorm(vision.encoder(inputs_embeds=tokens).last_hidden_state)
-        image_emb = vision.head(hidden)
+        image_emb = _pool(vision, hidden)
         text_emb = model.text_model(input_ids=batch["input_ids"]).pooler_output
         negatives = batch.get("negative_ids")
         negative_emb = None if negatives is None else model.text_model(input_ids=negatives).pooler_output
         loss = siglip_loss(image_emb, text_emb, model.logit_scale, model.logit_bias, negative_emb)
         return loss, {}
+
+
+def _pool(vision, hidden: torch.Tensor) -> torch.Tensor:
+    """SigLIP's attention-pooling head, or the mean of the patch tokens when the tower has
+    no head (then every patch token itself must carry what the caption says)."""
+    return vision.head(hidden) if getattr(vision, "use_head", False) else hidden.mean(dim=1)
 
 
 def train_vision_tower(
@@ -117,7 +123,8 @@ def zero_shot_accuracy(model: SiglipModel, images: Sequence[Image.Image], captio
     ids = _caption_ids(tokenizer, candidates, max_len)
     text = nn.functional.normalize(model.text_model(input_ids=ids).pooler_output, dim=-1)
     pixels = images_to_tensor(images, model.config.vision_config.image_size)
-    img = nn.functional.normalize(model.vision_model(pixel_values=pixels).pooler_output, dim=-1)
+    hidden = model.vision_model(pixel_values=pixels).last_hidden_state
+    img = nn.functional.normalize(_pool(model.vision_model, hidden), dim=-1)
     best = (img @ text.T).argmax(-1)
     truth = torch.tensor([list(candidates).index(c) for c in captions])
     return (best == truth).float().mean().item()
