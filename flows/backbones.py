@@ -93,6 +93,24 @@ def _cached(name: str, key: str) -> BackboneOutcome | None:
                            int(run["params"].get("trainable_params", 0)), run["metrics"])
 
 
+def _register(spec, key: str, data: DataVersion, run_id: str, metrics: dict[str, float],
+              model, tokenizer=None) -> BackboneOutcome:
+    """Log the backbone's params and metrics, save it (with its tokenizer) and register it."""
+    trainable = sum(p.numel() for p in model.parameters())
+    registry.log_params({"backbone": spec.model_dump(mode="json"), "trainable_params": trainable})
+    registry.log_metrics(metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        version = registry.register_hf_model(
+            Path(tmp), spec.registered_model, run_id=run_id,
+            tags={"cache_key": key, "data_version": data.version, "git_sha": git_sha(),
+                  "stage": "backbones"})
+    return BackboneOutcome(spec.registered_model, version, run_id, False, metrics["seconds"],
+                           trainable, metrics)
+
+
 @task(name="train-vision-tower")
 def vision_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, force: bool) -> BackboneOutcome:
     from transformers import AutoTokenizer
@@ -122,17 +140,8 @@ def vision_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, fo
             "loss_first": result.mean_loss(first=True), "loss_last": result.mean_loss(first=False),
             "seconds": time.perf_counter() - start,
         }
-        trainable = sum(p.numel() for p in vision.parameters())
-        registry.log_params({"backbone": spec.model_dump(mode="json"), "trainable_params": trainable,
-                             "pairs": len(triples)})
-        registry.log_metrics(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            vision.save_pretrained(tmp)
-            version = registry.register_hf_model(
-                Path(tmp), spec.registered_model, run_id=run_id,
-                tags={"cache_key": key, "data_version": data.version, "git_sha": git_sha(),
-                      "stage": "backbones"})
-    return BackboneOutcome(spec.registered_model, version, run_id, False, metrics["seconds"], trainable, metrics)
+        registry.log_params({"pairs": len(triples)})
+        return _register(spec, key, data, run_id, metrics, vision)
 
 
 @task(name="train-language-model")
@@ -153,19 +162,9 @@ def lm_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, force:
         result = train_language_model(texts, tokenizer, lm, loop_config(spec.train, recipe.seed),
                                       batch_size=spec.train.batch_size, block=spec.block,
                                       on_log=_log_step)
-        trainable = sum(p.numel() for p in lm.parameters())
         metrics = {"loss_first": result.mean_loss(first=True), "loss_last": result.mean_loss(first=False),
                    "seconds": time.perf_counter() - start}
-        registry.log_params({"backbone": spec.model_dump(mode="json"), "trainable_params": trainable})
-        registry.log_metrics(metrics)
-        with tempfile.TemporaryDirectory() as tmp:
-            lm.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            version = registry.register_hf_model(
-                Path(tmp), spec.registered_model, run_id=run_id,
-                tags={"cache_key": key, "data_version": data.version, "git_sha": git_sha(),
-                      "stage": "backbones"})
-    return BackboneOutcome(spec.registered_model, version, run_id, False, metrics["seconds"], trainable, metrics)
+        return _register(spec, key, data, run_id, metrics, lm, tokenizer)
 
 
 @flow(name="backbones")

@@ -15,6 +15,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from components.data.manifest import COLUMNS
+
 if TYPE_CHECKING:
     import pandas as pd
     from great_expectations.core import ExpectationSuite
@@ -32,23 +34,6 @@ __all__ = [
     "validate_manifest_file",
 ]
 
-COLUMNS: tuple[str, ...] = (
-    "key",
-    "split",
-    "source",
-    "task",
-    "n_images",
-    "n_image_placeholders",
-    "n_turns",
-    "n_assistant_turns",
-    "answer",
-    "text_chars",
-    "min_width",
-    "min_height",
-    "max_width",
-    "max_height",
-    "shard",
-)
 SOURCE_TASK: dict[str, str] = {
     "scenes_caption": "caption",
     "scenes_vqa": "vqa",

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from components.data.validation import (
-    COLUMNS,
     SOURCE_TASK,
     DataValidationError,
     ExpectationFailure,
@@ -264,11 +263,6 @@ def test_validate_manifest_file(tmp_path: Path) -> None:
     path.write_text("{not json\n")
     with pytest.raises(DataValidationError, match="val.jsonl:1"):
         validate_manifest_file(path, "val")
-
-
-def test_columns_match_manifest_writer() -> None:
-    manifest = pytest.importorskip("components.data.manifest")
-    assert tuple(manifest.COLUMNS) == COLUMNS
 
 
 def test_import_is_lazy_and_validation_stays_offline() -> None:
