@@ -13,10 +13,9 @@ from components.data.shards import read_samples
 from components.evaluation.synthetic_suite import evaluate_suite
 from components.recipe import Recipe, fingerprint
 from components.training.batching import ChatEncoder
-from components.training.data_stream import shard_paths
 from flows.data import DataVersion
 from flows.lineage import log_data_inputs, log_predictions
-from flows.models import load_version, processor_for
+from flows.models import load_version
 
 
 @dataclass
@@ -41,9 +40,8 @@ def evaluate_version(recipe: Recipe, version: str, data: DataVersion, parent_run
         return EvalOutcome(version, info["tags"].get("eval_run_id"), True, 0.0,
                            registry.read_metrics(name, version))
     start = time.perf_counter()
-    model, tokenizer = load_version(name, version)
-    processor = processor_for(model, tokenizer, model_longest_edge(model, version, name))
-    samples = list(read_samples(shard_paths(data.shards, "test", _test_sources(data))))
+    model, processor = load_version(name, version)  # the processor of its last training stage
+    samples = list(read_samples(sorted((data.shards / "test").glob("*.tar"))))
     with registry.start_run("evaluate", parent_run_id=parent_run_id,
                             tags={"stage": "evaluate", "model_version": version}) as run_id:
         log_data_inputs(data, run_id)
@@ -58,26 +56,6 @@ def evaluate_version(recipe: Recipe, version: str, data: DataVersion, parent_run
     registry.record_metrics(name, version, suite.metrics)
     registry.set_version_tags(name, version, {"eval_key": key, "eval_run_id": run_id})
     return EvalOutcome(version, run_id, False, time.perf_counter() - start, suite.metrics)
-
-
-def model_longest_edge(model, version: str, name: str) -> int:
-    """The resolution the version was trained at (its saved processor's setting)."""
-    from transformers import AutoProcessor
-
-    path = registry.hf_model_dir(name, version)
-    return AutoProcessor.from_pretrained(path).image_processor.size["longest_edge"]
-
-
-def _test_sources(data: DataVersion) -> list[str]:
-    return [s for s, n in _source_counts(data).items() if n > 0]
-
-
-def _source_counts(data: DataVersion) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for tar in (data.shards / "test").glob("*.tar"):
-        source = tar.name.rsplit("-", 1)[0]
-        counts[source] = counts.get(source, 0) + 1
-    return counts
 
 
 @flow(name="evaluate")

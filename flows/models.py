@@ -40,10 +40,9 @@ def assemble_from_backbones(recipe: Recipe, backbone_versions: dict[str, str]):
 
 
 def load_version(name: str, version: str):
-    """A registered VLM version and its tokenizer, via the standard Auto classes."""
+    """A registered VLM version and its saved processor, via the standard Auto classes."""
     path = registry.hf_model_dir(name, version)
-    model = AutoModelForImageTextToText.from_pretrained(path)
-    return model, AutoProcessor.from_pretrained(path).tokenizer
+    return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
 
 
 def processor_for(model, tokenizer, longest_edge: int):

@@ -92,7 +92,8 @@ def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list
     if parent.startswith("backbones:"):
         model, tokenizer = assemble_from_backbones(recipe, {b.name: b.version for b in backbones})
     else:
-        model, tokenizer = load_version(recipe.registered_model, parent)
+        model, saved = load_version(recipe.registered_model, parent)
+        tokenizer = saved.tokenizer
     processor = processor_for(model, tokenizer, stage.longest_edge)
     counts = apply_unfreezing(model, stage.unfreeze)
     with registry.start_run(stage.name, parent_run_id=parent_run_id,
