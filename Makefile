@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install demo test test-slow test-distributed postgres lint clean stack-up stack-down
 
 install: $(VENV)/.installed
 
@@ -20,14 +20,31 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/vlmforge run --recipe configs/tiny.yaml
 
-test: install
+test: install postgres
 	$(BIN)/pytest -q
+
+# The MLflow-on-PostgreSQL test needs Debian's postgresql (it starts its own throwaway
+# cluster on 127.0.0.1); install it where it is missing and apt is usable, else that test skips.
+postgres:
+	@command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    apt-get install -y -q postgresql >/dev/null; } || \
+	  echo "postgresql not available: the MLflow-on-PostgreSQL test will skip"
+
+test-distributed: install
+	$(BIN)/pytest -q tests/training/test_distributed.py tests/infra
 
 test-slow: install
 	$(BIN)/pytest -q -m slow
 
 lint: install
 	$(BIN)/ruff check .
+
+stack-up:
+	docker compose --env-file infra/compose/.env -f infra/compose/docker-compose.yml up -d --build
+
+stack-down:
+	docker compose --env-file infra/compose/.env -f infra/compose/docker-compose.yml down
 
 clean:
 	rm -rf .vlmforge

@@ -65,6 +65,8 @@ class ModelSpec(_Strict):
     text: str = "registered:lm-tiny"
     scale_factor: int = Field(2, gt=0)
     max_length: int = Field(256, gt=0)
+    # training images whose tower outputs standardise the image features (0: off)
+    standardize_features: int = Field(0, ge=0)
 
 
 Unfreeze = dict[str, Literal["frozen", "full"]]
@@ -81,7 +83,12 @@ class Stage(_Strict):
     unfreeze: Unfreeze
     train: TrainSettings = TrainSettings()
     beta: float = 0.1
-    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    # align: DPO (sigmoid), IPO, length-normalised DPO, or DPO + `sft_weight` x NLL on chosen
+    loss: Literal["sigmoid", "ipo", "sigmoid_norm", "sigmoid_sft"] = "sigmoid"
+    sft_weight: float = Field(1.0, ge=0)
+    # share of text-only samples (source `text`); None = the sources' natural mixture
+    text_ratio: float | None = Field(None, ge=0, le=1)
+    packing: bool = False  # pretrain/sft: several conversations per row, attention kept within each
 
     @model_validator(mode="after")
     def _known_sources(self) -> Stage:
@@ -90,6 +97,13 @@ class Stage(_Strict):
             raise ValueError(f"stage {self.name!r}: unknown sources {bad}; known: {list(SOURCES)}")
         if self.kind == "align" and self.sources != ["preference"]:
             raise ValueError(f"stage {self.name!r}: align trains on ['preference'] only")
+        if self.text_ratio is not None:
+            if self.kind == "align":
+                raise ValueError(f"stage {self.name!r}: text_ratio does not apply to align stages")
+            if "text" not in self.sources or len(self.sources) < 2:
+                raise ValueError(f"stage {self.name!r}: text_ratio needs 'text' and an image source in sources")
+        if self.packing and self.kind == "align":
+            raise ValueError(f"stage {self.name!r}: packing applies to pretrain/sft stages only")
         return self
 
 
@@ -100,6 +114,7 @@ class Evaluation(_Strict):
     max_new_tokens: int = 24
     batch_size: int = 32
     samples_to_log: int = 16
+    suites: dict[str, dict[str, Any]] = Field(default_factory=dict)  # named extra benchmark suites
 
 
 class Recipe(_Strict):

@@ -2,6 +2,9 @@
 
 - startup: wall time of `vlmforge --help` vs a bare `python -c pass` (ratio = help / bare).
 - rerun:   `vlmforge run` twice on a fresh home (ratio = unchanged second run / first run).
+- generation: batched KV-cache generation vs one prompt at a time (ratio = per-sample / batched).
+- serve:   500 requests at concurrency 8 against `mlflow models serve` (ratio = served / in-process
+  throughput).
 """
 
 from __future__ import annotations
@@ -42,8 +45,21 @@ def bench_rerun(recipe: str) -> dict:
             "ratio": round(second / first, 3)}
 
 
-def run_bench(name: str, recipe: str, as_json: bool = False) -> int:
-    result = bench_startup() if name == "startup" else bench_rerun(recipe)
+BENCHES = ("rerun", "startup", "generation", "serve")
+
+
+def run_bench(name: str, recipe: str, as_json: bool = False,
+              model: str = "models:/vlm-tiny@champion") -> int:
+    if name == "generation":
+        from flows.bench_generation import bench_generation
+
+        result = bench_generation()
+    elif name == "serve":
+        from flows.bench_serve import bench_serve
+
+        result = bench_serve(model)
+    else:
+        result = bench_startup() if name == "startup" else bench_rerun(recipe)
     if as_json:
         print(json.dumps({"bench": name, **result}))
     else:

@@ -6,6 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flows.bench import BENCHES
+from flows.evaluate_cli import add_evaluate_parser
+from flows.promote import add_promote_parser
+from flows.schedule import add_schedule_parser
+from flows.score import add_score_parser
+from flows.serve import add_serve_parser
+
 STAGES = ("data", "backbones", "pretrain", "sft", "align", "evaluate")
 
 
@@ -69,35 +76,18 @@ def cmd_stage(args: argparse.Namespace) -> int:
         for b in backbones_flow(recipe, data_flow(recipe), force=args.force):
             print(f"{b.name} v{b.version}{' (cached)' if b.cached else ''} {b.metrics}")
         return 0
+    if getattr(args, "launcher", "inline") == "accelerate":
+        _upstream(recipe)  # fail fast when data or backbones are missing
+        from flows.launch import launch_stage
+
+        return launch_stage(args.recipe, args.command, args.num_processes,
+                            args.accelerate_config, args.force)
     data, backbones = _upstream(recipe)
-    if args.command == "evaluate":
-        return _evaluate(recipe, data, args)
     from flows.training import STAGE_FLOWS
 
     for s in STAGE_FLOWS[args.command](recipe, data, backbones, force=args.force):
         print(f"{s.stage}: {recipe.registered_model} v{s.version}{' (cached)' if s.cached else ''} "
               f"run {s.run_id}")
-    return 0
-
-
-def _evaluate(recipe, data, args: argparse.Namespace) -> int:
-    import registry
-    from flows.evaluate import evaluate_flow
-
-    name, version = recipe.registered_model, args.model
-    if version is None:
-        version = registry.find_version(name, {"stage": recipe.stages[-1].name,
-                                               "data_version": data.version})
-    elif version.startswith("models:/"):
-        name, _, ref = version.removeprefix("models:/").partition("@")
-        name, _, number = name.partition("/")
-        version = registry.get_alias(name, ref) if ref else number
-    if version is None:
-        raise SystemExit(f"nothing to evaluate for {name!r}")
-    out = evaluate_flow(recipe, version, data, force=args.force)
-    for k, v in sorted(out.metrics.items()):
-        print(f"{k:<32}{v:.3f}")
-    print(f"promotion: {out.reason}; champion is v{out.champion}")
     return 0
 
 
@@ -110,7 +100,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from flows.bench import run_bench
 
-    return run_bench(args.name, args.recipe, as_json=args.json)
+    return run_bench(args.name, args.recipe, as_json=args.json, model=args.model)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,11 +115,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     for name in STAGES:
+        if name == "evaluate":  # suites, models:/ URIs, --suite-config: flows/evaluate_cli.py
+            add_evaluate_parser(sub)
+            continue
         p = sub.add_parser(name, help=f"run the {name} stage alone")
         p.add_argument("--recipe", required=True)
         p.add_argument("--force", action="store_true")
-        if name == "evaluate":
-            p.add_argument("--model", help="version number or models:/<name>[/<v>|@<alias>]")
+        if name in ("pretrain", "sft", "align"):
+            p.add_argument("--launcher", choices=["inline", "accelerate"], default="inline",
+                           help="accelerate: run the stage on --num-processes processes")
+            p.add_argument("--num-processes", type=int, default=2)
+            p.add_argument("--accelerate-config", default=None,
+                           help="infra/accelerate/<name>.yaml (default: CPU gloo or plain DDP)")
         p.set_defaults(func=cmd_stage)
 
     ui = sub.add_parser("ui", help="MLflow UI and Prefect server on 127.0.0.1")
@@ -137,11 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--prefect-port", type=int, default=4200)
     ui.set_defaults(func=cmd_ui)
 
-    bench = sub.add_parser("bench", help="measurements side by side: rerun, startup")
-    bench.add_argument("name", choices=["rerun", "startup"])
-    bench.add_argument("--recipe", default="configs/tiny.yaml")
+    bench = sub.add_parser("bench", help="measurements side by side, each with a ratio")
+    bench.add_argument("name", choices=list(BENCHES))
+    bench.add_argument("--recipe", default="configs/tiny.yaml", help="for rerun")
+    bench.add_argument("--model", default="models:/vlm-tiny@champion", help="for serve")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
+
+    add_score_parser(sub)
+    add_promote_parser(sub)
+    add_serve_parser(sub)
+    add_schedule_parser(sub)
     return parser
 
 

@@ -1,7 +1,9 @@
-"""What each stage records in MLflow: params, data inputs, sample predictions, tags."""
+"""What each stage records: in MLflow params, data inputs, sample predictions, tags and the
+model card of its version; in Prefect a markdown report (a table with the MLflow runs)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +17,7 @@ if TYPE_CHECKING:
     from flows.data import DataVersion
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"  # where `vlmforge ui` serves the embedded store
 
 
 def git_sha() -> str:
@@ -80,3 +83,59 @@ def log_predictions(rows: list[dict], images: list[Image.Image | None], name: st
     table = pd.DataFrame([{**r, "answers": " | ".join(r["answers"])} for r in rows])
     registry.log_table(table, f"{name}/predictions.json")
     registry.log_image(prediction_grid(rows[:limit], images[:limit]), f"{name}/samples.png")
+
+
+def card_context(recipe: Recipe) -> dict:
+    """Architecture and backbones of the recipe's VLM, as its model card shows them."""
+    m = recipe.model
+    backbones = {"vision": m.vision, "language": m.text}
+    if recipe.backbones is not None:  # backbones trained by the recipe: show their size
+        for role, spec in (("vision", recipe.backbones.vision), ("language", recipe.backbones.text)):
+            size = ", ".join(f"{key.removeprefix('num_').replace('_', ' ')} {spec.config[key]}"
+                             for key in ("hidden_size", "num_hidden_layers", "image_size",
+                                         "patch_size") if key in spec.config)
+            if size and backbones[role] == f"registered:{spec.registered_model}":
+                backbones[role] += f" ({size})"
+    architecture = (f"{m.architecture}: vision encoder, pixel-shuffle connector (scale factor "
+                    f"{m.scale_factor}), causal LM; max length {m.max_length}")
+    return {"architecture": architecture, "backbones": backbones}
+
+
+def publish_model_card(recipe: Recipe, version: str, **facts) -> str:
+    """Render the version's model card and attach it (registry description + run artifact)."""
+    from registry.model_card import publish_model_card as publish
+
+    return publish(recipe.registered_model, version, **card_context(recipe), **facts)
+
+
+def run_link(run_id: str | None) -> str:
+    """A markdown link to an MLflow run: the tracking server's UI, else `vlmforge ui`'s."""
+    if not run_id:
+        return "-"
+    url = registry.run_url(run_id)
+    if url is None:
+        experiment_id = registry.get_run(run_id)["experiment_id"]
+        url = f"{LOCAL_MLFLOW_UI}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"[`{run_id[:12]}`]({url})"
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    """A markdown table; cells are stringified, pipes escaped."""
+    def cell(v: object) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def artifact_key(text: str) -> str:
+    """A Prefect artifact key: lowercase letters, digits and dashes."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", text.lower())).strip("-") or "report"
+
+
+def publish_markdown(key: str, markdown: str, description: str | None = None) -> None:
+    """A Prefect markdown artifact under ``key`` (the latest one shows in the Artifacts page)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(markdown=markdown, key=artifact_key(key), description=description)

@@ -8,11 +8,12 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 from transformers.utils import logging as hf_logging
 
 import registry
-from components.model.assembly import assemble_idefics3
+from components.model.assembly import assemble_idefics3, standardize_image_features
 from components.model.backbones import load_text_backbone, load_vision_backbone
 from components.model.processor import build_processor
 from components.model.tokens import prepare_tokenizer
 from components.recipe import Recipe
+from components.training.backbones import images_to_tensor
 
 hf_logging.disable_progress_bar()
 REGISTERED = "registered:"
@@ -36,7 +37,41 @@ def assemble_from_backbones(recipe: Recipe, backbone_versions: dict[str, str]):
     lm = load_text_backbone(text_dir)
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_dir), lm)
     model = assemble_idefics3(vision, lm, tokenizer, scale_factor=recipe.model.scale_factor)
+    if recipe.model.standardize_features:
+        images = training_images(recipe, recipe.model.standardize_features)
+        standardize_image_features(model, images_to_tensor(images, vision.config.image_size))
     return model, tokenizer
+
+
+def training_images(recipe: Recipe, n: int) -> list:
+    """Up to `n` training images, spread evenly over the first stage's image sources."""
+    from itertools import islice
+
+    from components.data.shards import read_samples
+    from components.training.data_stream import shard_paths
+    from flows.data import workspace_for
+
+    shards = workspace_for(recipe) / "data" / "shards"
+    sources = [s for s in recipe.stages[0].sources if s != "text"]
+    images = []
+    for source in sources:
+        samples = read_samples(shard_paths(shards, "train", [source]))
+        images += [s.images[0] for s in islice(samples, n // len(sources)) if s.images]
+    return images
+
+
+def stage_model(recipe: Recipe, stage, parent: str, backbone_versions: dict[str, str]):
+    """The model a training stage starts from (assembled from the backbones, or the parent
+    version), its processor at the stage's resolution, and the trainable count per group."""
+    from components.model.freeze import apply_unfreezing
+
+    if parent.startswith("backbones:"):
+        model, tokenizer = assemble_from_backbones(recipe, backbone_versions)
+    else:
+        model, saved = load_version(recipe.registered_model, parent)
+        tokenizer = saved.tokenizer
+    processor = processor_for(model, tokenizer, stage.longest_edge)
+    return model, processor, apply_unfreezing(model, stage.unfreeze)
 
 
 def load_version(name: str, version: str):

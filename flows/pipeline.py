@@ -13,8 +13,8 @@ from components.recipe import Recipe
 from flows.backbones import BackboneOutcome, backbones_flow
 from flows.data import DataVersion, data_flow
 from flows.evaluate import EvalOutcome, evaluate_flow
-from flows.lineage import git_sha
-from flows.summary import Row, render
+from flows.lineage import git_sha, markdown_table, publish_markdown, publish_model_card, run_link
+from flows.summary import KEY_METRICS, SHORT, Row, render
 from flows.training import STAGE_FLOWS, StageOutcome
 
 
@@ -27,7 +27,7 @@ class PipelineResult:
     run_id: str
     seconds: float
 
-    def summary(self, model_name: str) -> str:
+    def rows(self, model_name: str) -> list[Row]:
         rows = [Row(f"backbone {b.name}", b.run_id, f"{b.name} v{b.version}", b.trainable, b.seconds,
                     b.cached, b.metrics) for b in self.backbones]
         rows += [Row(s.stage, s.run_id, f"{model_name} v{s.version}", s.trainable, s.seconds,
@@ -35,8 +35,32 @@ class PipelineResult:
         ev = self.evaluation
         rows.append(Row("evaluate", ev.run_id, f"{model_name} v{ev.version}", 0, ev.seconds,
                         ev.cached, {}))
-        return render(rows, ev.metrics, ev.champion, model_name, ev.reason, self.data.version,
-                      self.seconds)
+        return rows
+
+    def summary(self, model_name: str) -> str:
+        ev = self.evaluation
+        return render(self.rows(model_name), ev.metrics, ev.champion, model_name, ev.reason,
+                      self.data.version, self.seconds)
+
+    def markdown(self, model_name: str) -> str:
+        """The summary as markdown, with links to the MLflow runs (a Prefect artifact)."""
+        ev = self.evaluation
+        stages = [[r.stage, run_link(r.run_id), r.version, f"{r.trainable:,}",
+                   "cached" if r.cached else f"{r.seconds:.0f}",
+                   " ".join(f"{SHORT[k]}={r.metrics[k]:.2f}" for k in KEY_METRICS if k in r.metrics)]
+                  for r in self.rows(model_name)]
+        scores = [[k, f"{v:.3f}"] for k, v in sorted(ev.metrics.items())]
+        return "\n\n".join([
+            f"# pipeline: {model_name}, data version `{self.data.version}`, "
+            f"{self.seconds:.0f}s wall",
+            f"MLflow pipeline run {run_link(self.run_id)}",
+            markdown_table(["stage", "MLflow run", "version", "trainable", "wall s", "metrics"],
+                           stages),
+            "## Benchmark scores (held-out test split)",
+            markdown_table(["metric", "score"], scores) if scores else "_none_",
+            f"**registry:** `models:/{model_name}@champion` -> version {ev.champion} "
+            f"({ev.reason})",
+        ]) + "\n"
 
 
 @flow(name="pipeline")
@@ -54,4 +78,9 @@ def pipeline(recipe: Recipe, force: bool = False) -> PipelineResult:
         evaluation = evaluate_flow(recipe, stages[-1].version, data, parent_run_id=run_id, force=force)
         registry.log_metrics({f"final_{k}": v for k, v in evaluation.metrics.items()})
         registry.set_tags({"final_version": stages[-1].version, "champion": evaluation.champion})
-    return PipelineResult(data, backbones, stages, evaluation, run_id, time.perf_counter() - start)
+    if not evaluation.cached:  # the evaluated version's card gains its scores
+        publish_model_card(recipe, evaluation.version)
+    result = PipelineResult(data, backbones, stages, evaluation, run_id, time.perf_counter() - start)
+    publish_markdown(f"pipeline-{recipe.name}", result.markdown(recipe.registered_model),
+                     f"pipeline summary of {recipe.name}")
+    return result

@@ -18,17 +18,26 @@ from prefect import flow, get_run_logger, task
 import registry
 from components.data.shards import read_samples
 from components.evaluation.synthetic_suite import evaluate_suite
-from components.model.freeze import apply_unfreezing
 from components.recipe import Recipe, Stage, fingerprint
 from components.training.batching import ChatEncoder
 from components.training.data_stream import shard_paths
 from components.training.stage import run_stage
 from flows.backbones import BackboneOutcome, loop_config
 from flows.data import DataVersion
-from flows.lineage import git_sha, log_data_inputs, log_predictions
-from flows.models import assemble_from_backbones, load_version, processor_for, save_vlm
+from flows.lineage import (
+    git_sha,
+    log_data_inputs,
+    log_predictions,
+    markdown_table,
+    publish_markdown,
+    publish_model_card,
+    run_link,
+)
+from flows.models import save_vlm, stage_model
 
 QUICK_EVAL_SIZE = 240  # held-out questions scored after every stage
+REPORT_METRICS = ("loss_first", "loss_last", "heldout_vqa_accuracy", "heldout_ocr_accuracy",
+                  "heldout_text_accuracy", "heldout_existence_hallucination_rate")
 
 
 @dataclass
@@ -89,18 +98,14 @@ def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list
         logger.info("%s: unchanged, reusing version %s", stage.name, hit.version)
         return hit
     start = time.perf_counter()
-    if parent.startswith("backbones:"):
-        model, tokenizer = assemble_from_backbones(recipe, {b.name: b.version for b in backbones})
-    else:
-        model, saved = load_version(recipe.registered_model, parent)
-        tokenizer = saved.tokenizer
-    processor = processor_for(model, tokenizer, stage.longest_edge)
-    counts = apply_unfreezing(model, stage.unfreeze)
+    model, processor, counts = stage_model(recipe, stage, parent,
+                                           {b.name: b.version for b in backbones})
     with registry.start_run(stage.name, parent_run_id=parent_run_id,
                             tags={"stage": stage.name, "kind": stage.kind}) as run_id:
         log_data_inputs(data, run_id)
         registry.log_params({"stage": stage.model_dump(mode="json"), "parent_version": parent,
                              "trainable_params": sum(counts.values()),
+                             "total_params": sum(p.numel() for p in model.parameters()),
                              **{f"trainable_{g}": n for g, n in counts.items()}})
         run = run_stage(model, processor, stage, data.shards, loop_config(stage.train, recipe.seed),
                         max_length=recipe.model.max_length,
@@ -125,17 +130,33 @@ def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list
                       "git_sha": git_sha(), "parent_version": parent, "cache_key": key,
                       "recipe": recipe.name},
                 description=f"{recipe.name} after stage {stage.name}")
+        publish_model_card(recipe, version)
     logger.info("%s: registered %s v%s in %.0fs", stage.name, recipe.registered_model, version, seconds)
     return StageOutcome(stage.name, stage.kind, version, parent, run_id, False, seconds,
                         sum(counts.values()), metrics)
+
+
+def stage_report(recipe: Recipe, kind: str, data: DataVersion, outcomes: list[StageOutcome]) -> str:
+    """The Prefect markdown report of a stage flow: a row per stage with its MLflow run."""
+    rows = [[o.stage, f"{recipe.registered_model} v{o.version}", o.parent_version, run_link(o.run_id),
+             f"{o.trainable:,}", "cached" if o.cached else f"{o.seconds:.0f}",
+             " ".join(f"{k.removeprefix('heldout_')}={o.metrics[k]:.2f}" for k in REPORT_METRICS
+                      if k in o.metrics)] for o in outcomes]
+    return (f"# {kind}: {recipe.name} on data `{data.version}`\n\n"
+            + markdown_table(["stage", "version", "parent", "MLflow run", "trainable", "wall s",
+                              "metrics"], rows) + "\n")
 
 
 def _stage_flow(kind: str):
     @flow(name=kind)
     def stage_flow(recipe: Recipe, data: DataVersion, backbones: list[BackboneOutcome],
                    parent_run_id: str | None = None, force: bool = False) -> list[StageOutcome]:
-        return [train_stage(recipe, stage, data, backbones, parent_run_id, force)
-                for stage in recipe.stages_of(kind)]
+        outcomes = [train_stage(recipe, stage, data, backbones, parent_run_id, force)
+                    for stage in recipe.stages_of(kind)]
+        if outcomes:
+            publish_markdown(f"{recipe.name}-{kind}", stage_report(recipe, kind, data, outcomes),
+                             f"{kind} stages of {recipe.name}")
+        return outcomes
 
     stage_flow.__doc__ = f"Run every `{kind}` stage of the recipe in order."
     return stage_flow

@@ -42,22 +42,46 @@ def _pip_requirements() -> list[str]:
 
 
 def _signature() -> Any:
+    """Rows of image + question (+ optional history, max_new_tokens) -> answer.
+
+    ``image`` and ``question`` are required by the model but declared optional here:
+    MLflow's schema check answers a missing column with an HTTP 500, the model's own
+    check with a 400 naming the row and the field.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import AnyType
 
     from .pyfunc_model import DEFAULT_MAX_NEW_TOKENS
 
     return ModelSignature(
         inputs=Schema(
             [
-                ColSpec("string", "image"),
-                ColSpec("string", "question"),
-                ColSpec("long", "max_new_tokens", required=False),
+                ColSpec("string", "image", required=False),
+                ColSpec("string", "question", required=False),
+                # a list of [question, answer] pairs or its JSON string
+                ColSpec(AnyType(), "history", required=False),
+                # an integer in [1, MAX_NEW_TOKENS_LIMIT]; typed "long", rows with and without
+                # it would not mix (NaN) and MLflow would reject them without naming the row
+                ColSpec(AnyType(), "max_new_tokens", required=False),
             ]
         ),
         outputs=Schema([ColSpec("string", "answer")]),
         params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]),
     )
+
+
+def _is_vlm(hf_dir: Path) -> bool:
+    """Whether ``hf_dir`` holds an image-text-to-text model (what VLMPyfunc can serve)."""
+    import json
+
+    try:
+        model_type = json.loads((hf_dir / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return False
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    return model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 
 @contextmanager
@@ -91,20 +115,27 @@ def register_hf_model(
     run_id: str,
     tags: Mapping[str, str],
     description: str | None = None,
+    vlm: bool | None = None,
 ) -> str:
     """Log ``hf_dir`` as a pyfunc model of run ``run_id`` and register it as a new version.
 
     The run need not be active (or even running) in this thread. Returns the version
     once it is READY. Loading the pyfunc needs the ``registry`` package importable.
+    A VLM (``vlm``; by default: the config's model type is an image-text-to-text one) is
+    logged with the serving signature and an input example, which MLflow checks by
+    loading the logged model and answering the example once; other directories
+    (backbones) are logged without either.
     """
     import mlflow.pyfunc
     from mlflow.models import Model
 
-    from .pyfunc_model import VLMPyfunc
+    from .pyfunc_model import VLMPyfunc, example_input
 
     hf_dir = Path(hf_dir).resolve()
     if not hf_dir.is_dir():
         raise FileNotFoundError(f"not a model directory: {hf_dir}")
+    if vlm is None:
+        vlm = _is_vlm(hf_dir)
     c = client()
     str_tags = {k: str(v) for k, v in tags.items()}
     exp_id = c.get_run(run_id).info.experiment_id
@@ -122,7 +153,8 @@ def register_hf_model(
             python_model=VLMPyfunc(),
             artifacts={HF_ARTIFACT: str(hf_dir)},
             pip_requirements=_pip_requirements(),
-            signature=_signature(),
+            signature=_signature() if vlm else None,
+            input_example=example_input() if vlm else None,
         )
     _ensure_registered_model(name)
     mv = c.create_model_version(

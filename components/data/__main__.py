@@ -13,6 +13,15 @@ def _generate(args: argparse.Namespace) -> dict[str, object]:
     from components.data.corpus import generate_corpus
 
     params = load_data_params(args.params)
+    if args.executor == "dask":
+        from components.data.parallel import generate_corpus_on_dask
+
+        if args.dask_address:
+            from distributed import Client
+
+            with Client(args.dask_address) as client:
+                return generate_corpus_on_dask(params, args.out, client=client)
+        return generate_corpus_on_dask(params, args.out, n_workers=args.workers or 2)
     return generate_corpus(params, args.out, workers=args.workers)
 
 
@@ -53,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
     gen.add_argument("--params", required=True, help="YAML file with a 'data:' section")
     gen.add_argument("--out", required=True, help="output folder for shards and manifests")
     gen.add_argument("--workers", type=int, default=None, help="processes (default: CPU count)")
+    gen.add_argument("--executor", choices=["processes", "dask"], default="processes")
+    gen.add_argument("--dask-address", default=None,
+                     help="tcp://host:8786 (default: a LocalCluster on 127.0.0.1)")
     gen.set_defaults(run=_generate)
     tok = sub.add_parser("tokenizer", help="train the BPE tokenizer on a split's shards")
     tok.add_argument("--params", required=True)

@@ -98,6 +98,10 @@ def _warm_up() -> None:
     available_fonts()
 
 
+# builds shard jobs into their manifest rows, in job order
+JobRunner = Callable[[list["ShardJob"], Path], list[list[dict[str, Any]]]]
+
+
 def run_jobs(
     jobs: list[ShardJob], out_dir: str | Path, workers: int | None = None
 ) -> list[list[dict[str, Any]]]:
@@ -118,16 +122,24 @@ def _clear_split(out_dir: Path, split: str) -> None:
 
 
 def write_splits(
-    params: DataParams, splits: list[str], out_dir: str | Path, workers: int | None = None
+    params: DataParams,
+    splits: list[str],
+    out_dir: str | Path,
+    workers: int | None = None,
+    run: JobRunner | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Write shards of several splits (one shared pool) and a manifest per split; returns rows."""
+    """Write shards of several splits and a manifest per split; returns rows.
+
+    ``run`` builds the shard jobs and returns their rows in job order (default: one
+    shared process pool of ``workers``); components/data/parallel.py passes a Dask one.
+    """
     out_dir = Path(out_dir)
     plans = {split: shard_plan(params, split) for split in splits}
     for split in splits:
         _clear_split(out_dir, split)
         (out_dir / split).mkdir(parents=True, exist_ok=True)
     jobs = [job for split in splits for job in plans[split]]
-    results = iter(run_jobs(jobs, out_dir, workers))
+    results = iter(run(jobs, out_dir) if run else run_jobs(jobs, out_dir, workers))
     rows: dict[str, list[dict[str, Any]]] = {}
     for split in splits:
         rows[split] = [row for _ in plans[split] for row in next(results)]
@@ -135,19 +147,15 @@ def write_splits(
     return rows
 
 
-def write_split(
-    params: DataParams, split: str, out_dir: str | Path, workers: int | None = None
-) -> list[dict[str, Any]]:
-    """Write ``out_dir/{split}/{source}-{shard:04d}.tar`` and ``out_dir/manifests/{split}.jsonl``."""
-    return write_splits(params, [split], out_dir, workers)[split]
-
-
 def generate_corpus(
-    params: DataParams, out_dir: str | Path, workers: int | None = None
+    params: DataParams,
+    out_dir: str | Path,
+    workers: int | None = None,
+    run: JobRunner | None = None,
 ) -> dict[str, Any]:
     """All splits of ``params``; returns a summary (counts per split and source, timing)."""
     start = time.perf_counter()
-    rows = write_splits(params, list(params.splits), out_dir, workers)
+    rows = write_splits(params, list(params.splits), out_dir, workers, run)
     seconds = time.perf_counter() - start
     total = sum(len(r) for r in rows.values())
     counts = {split: {s: n for s, n in params.counts(split).items() if n} for split in rows}

@@ -78,3 +78,21 @@ def _init_connector(model: Idefics3ForConditionalGeneration, lm: PreTrainedModel
     torch.nn.init.normal_(proj.weight, std=1.0 / proj.in_features**0.5)
     emb_std = lm.get_input_embeddings().weight.std().item()
     proj.weight.mul_(emb_std)
+
+
+@torch.no_grad()
+def standardize_image_features(model: Idefics3ForConditionalGeneration, pixel_values: torch.Tensor) -> None:
+    """Fold per-channel standardisation of the vision tower's output into its final LayerNorm.
+
+    Statistics come from ``pixel_values`` (N, 3, tile, tile), a sample of training images.
+    Afterwards every output channel enters the connector with mean 0 and variance 1, so
+    the low-variance channels that carry shape are not drowned by colour; the model stays
+    a stock Idefics3 (only the LayerNorm's weight and bias change).
+    """
+    vision = model.model.vision_model
+    hidden = vision(pixel_values=pixel_values).last_hidden_state
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
+    norm = vision.post_layernorm
+    norm.weight.div_(std)
+    norm.bias.sub_(mean).div_(std)

@@ -1,18 +1,25 @@
 """Streams of training batches from webdataset shards: shuffled, encoded, collated.
 
-Samples that cannot fit `max_length` with all their image tokens are dropped and
-counted (`dropped`), never truncated.
+Samples that cannot fit `max_length` with all their image tokens (and, for
+preference pairs, the whole prompt and both answers) are skipped and counted
+(`skipped`), never truncated.
+
+Text-only sources can be mixed in at a fixed ratio (`MixedSamples`); supervised
+batches can be packed (several conversations per row, see `packing`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from components.data.sample import Sample
 from components.data.shards import read_samples
 from components.training.batching import ChatEncoder, Encoded, collate
+from components.training.packing import RowPacker, collate_packed
+
+TEXT_ONLY_SOURCES = ("text",)
 
 
 def shard_paths(shards_dir: Path, split: str, sources: list[str]) -> list[Path]:
@@ -48,40 +55,104 @@ class SampleStream:
             self.epoch += 1
 
 
-class ChatBatches:
-    """Collated supervised batches (assistant-only labels)."""
+class MixedSamples:
+    """Two endless streams interleaved at random: a sample is text-only with probability `text_ratio`."""
 
-    def __init__(self, samples: SampleStream, encoder: ChatEncoder, batch_size: int):
-        self.samples, self.encoder, self.batch_size = samples, encoder, batch_size
-        self.dropped = 0
+    def __init__(self, text: Iterable[Sample], image: Iterable[Sample], text_ratio: float, seed: int):
+        if not 0.0 <= text_ratio <= 1.0:
+            raise ValueError(f"text_ratio must be in [0, 1], got {text_ratio}")
+        self.text, self.image, self.text_ratio = text, image, text_ratio
+        self.rng = random.Random(seed)
+
+    def __iter__(self) -> Iterator[Sample]:
+        text, image = iter(self.text), iter(self.image)
+        while True:
+            yield next(text) if self.rng.random() < self.text_ratio else next(image)
+
+
+def sample_stream(shards_dir: Path, sources: list[str], seed: int,
+                  text_ratio: float | None = None) -> SampleStream | MixedSamples:
+    """The train samples of `sources`: their natural mixture, or text-only sources at `text_ratio`."""
+    if text_ratio is None:
+        return SampleStream(shard_paths(shards_dir, "train", sources), seed=seed)
+    text = [s for s in sources if s in TEXT_ONLY_SOURCES]
+    image = [s for s in sources if s not in TEXT_ONLY_SOURCES]
+    if not text or not image:
+        raise ValueError(f"text_ratio needs a text-only source {list(TEXT_ONLY_SOURCES)} and an image source, "
+                         f"got {sources}")
+    return MixedSamples(SampleStream(shard_paths(shards_dir, "train", text), seed=seed),
+                        SampleStream(shard_paths(shards_dir, "train", image), seed=seed + 1),
+                        text_ratio, seed=seed + 2)
+
+
+class ChatBatches:
+    """Collated supervised batches (assistant-only labels).
+
+    With `packing`, a batch is `batch_size` rows of up to `encoder.max_length` tokens,
+    each holding several whole conversations (first fit in arrival order); the batch
+    then carries `position_ids` restarting per conversation (see `packing`).
+    """
+
+    rows_per_sample = 1
+
+    def __init__(self, samples: Iterable[Sample], encoder: ChatEncoder, batch_size: int, packing: bool = False):
+        self.samples, self.encoder, self.batch_size, self.packing = samples, encoder, batch_size, packing
+        self.skipped = 0
         self.pad_id = encoder.tokenizer.pad_token_id
+
+    @property
+    def dropped(self) -> int:
+        """Alias of `skipped` (samples over `max_length`)."""
+        return self.skipped
 
     def encode(self, sample: Sample) -> list[Encoded] | None:
         enc = self.encoder.encode(sample.record["messages"], sample.images)
         return None if enc is None else [enc]
 
     def __iter__(self) -> Iterator[dict]:
+        if self.packing:
+            yield from self._packed()
+            return
         items: list[Encoded] = []
         for sample in self.samples:
             enc = self.encode(sample)
             if enc is None:
-                self.dropped += 1
+                self.skipped += 1
                 continue
             items.extend(enc)
             if len(items) >= self.batch_size * self.rows_per_sample:
                 yield self.collate(items)
                 items = []
 
-    rows_per_sample = 1
+    def _packed(self) -> Iterator[dict]:
+        packer, items = RowPacker(self.encoder.max_length, self.batch_size), []
+        for sample in self.samples:
+            enc = self.encode(sample)
+            if enc is None:
+                self.skipped += 1
+                continue
+            for it in enc:
+                if not packer.add(len(it.input_ids)):
+                    yield collate_packed([[items[i] for i in row] for row in packer.groups], self.pad_id)
+                    packer, items = RowPacker(self.encoder.max_length, self.batch_size), []
+                    packer.add(len(it.input_ids))
+                items.append(it)
 
     def collate(self, items: list[Encoded]) -> dict:
         return collate(items, self.pad_id)
 
 
 class PreferenceBatches(ChatBatches):
-    """Batches of [chosen..., rejected...] rows for preference optimisation."""
+    """Batches of [chosen..., rejected...] rows for preference optimisation.
+
+    A pair whose prompt + image tokens + either answer exceed `max_length` is skipped
+    whole and counted (`skipped`): no image token and no answer token is ever cut.
+    """
 
     rows_per_sample = 2
+
+    def __init__(self, samples: Iterable[Sample], encoder: ChatEncoder, batch_size: int):
+        super().__init__(samples, encoder, batch_size, packing=False)
 
     def encode(self, sample: Sample) -> list[Encoded] | None:
         rec = sample.record

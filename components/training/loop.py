@@ -2,6 +2,12 @@
 
 The loop owns optimisation (AdamW, warmup + cosine, clipping, accumulation) and
 per-step metrics; an objective maps (model, batch) to (loss, metrics).
+
+Under `accelerate launch` with N processes (DDP), rank r takes batches r, r+N, r+2N...
+of the (identically ordered) batch stream, so every rank sees different data and one
+optimiser step covers N x batch_size x grad_accum samples; gradients are averaged by
+DDP. Logged metrics are reduced over ranks (loss: mean; samples, tokens: sum) and
+`on_log` is called on the main process only.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 
 Objective = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
@@ -73,6 +79,8 @@ def train(
         cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if torch.cuda.is_available() else "no",
         gradient_accumulation_steps=cfg.grad_accum,
+        # a text-only batch leaves the connector (and vision tower) without gradients
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -82,13 +90,15 @@ def train(
         optimizer, lambda s: warmup_cosine(s, cfg.warmup_steps, cfg.steps)
     )
     model, optimizer = accel.prepare(model, optimizer)
+    # FSDP2 / DeepSpeed replace parameters on prepare: clip the prepared model's own
+    params = [p for p in model.parameters() if p.requires_grad]
     model.train()
 
     result = LoopResult(steps=0, samples=0, seconds=0.0)
     window = {"loss": 0.0, "samples": 0, "tokens": 0, "micro": 0}
     extra: dict[str, float] = {}
     t_start = t_window = time.perf_counter()
-    stream = _cycle(batches)
+    stream = _shard(_cycle(batches), accel.process_index, accel.num_processes)
     while result.steps < cfg.steps:
         for _ in range(cfg.grad_accum):
             batch = {k: v.to(accel.device) for k, v in next(stream).items()}
@@ -110,23 +120,46 @@ def train(
         result.steps += 1
         if result.steps % cfg.log_every == 0 or result.steps == cfg.steps:
             dt = time.perf_counter() - t_window
+            window, extra = _reduce_window(accel, window, extra)
             row = {
                 "loss": window["loss"] / window["micro"],
                 "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
+                "grad_norm": float("nan") if grad_norm is None else float(grad_norm),
                 "samples_per_s": window["samples"] / dt,
                 "tokens_per_s": window["tokens"] / dt,
                 **{k: v / window["micro"] for k, v in extra.items()},
             }
             result.history.append(row)
-            if on_log:
+            if on_log and accel.is_main_process:
                 on_log(result.steps, row)
             window = {"loss": 0.0, "samples": 0, "tokens": 0, "micro": 0}
             extra = {}
             t_window = time.perf_counter()
     result.seconds = time.perf_counter() - t_start
+    if accel.num_processes > 1:
+        total = torch.tensor([result.samples], dtype=torch.float64, device=accel.device)
+        result.samples = int(accel.reduce(total, reduction="sum").item())
     model.eval()
     return result
+
+
+def _shard(stream: Iterator[dict], rank: int, world: int) -> Iterator[dict]:
+    """Every `world`-th item of `stream`, starting at `rank`."""
+    for i, item in enumerate(stream):
+        if i % world == rank:
+            yield item
+
+
+def _reduce_window(accel: Accelerator, window: dict, extra: dict[str, float]
+                   ) -> tuple[dict, dict[str, float]]:
+    """Sum the window's counters over ranks (a no-op on one process)."""
+    if accel.num_processes == 1:
+        return window, extra
+    keys, extra_keys = sorted(window), sorted(extra)
+    values = torch.tensor([float(window[k]) for k in keys] + [extra[k] for k in extra_keys],
+                          dtype=torch.float64, device=accel.device)
+    values = accel.reduce(values, reduction="sum").tolist()
+    return dict(zip(keys, values, strict=True)), dict(zip(extra_keys, values[len(keys):], strict=True))
 
 
 def _cycle(batches: Iterable[dict]) -> Iterator[dict]:

@@ -1,4 +1,4 @@
-"""Training objectives: preference optimisation (DPO / IPO) and contrastive (SigLIP + FLIP)."""
+"""Training objectives: preference optimisation (DPO / IPO and variants) and contrastive (SigLIP + FLIP)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,14 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (token_logps * mask).sum(-1)
 
 
+def labelled_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """Number of labelled (predicted) tokens per sequence: the denominator of length-normalised losses."""
+    return (labels[:, 1:] != IGNORE).sum(-1)
+
+
+PREFERENCE_LOSSES = ("sigmoid", "ipo", "sigmoid_norm", "sigmoid_sft")
+
+
 def preference_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,
@@ -26,33 +34,70 @@ def preference_loss(
     ref_rejected: torch.Tensor,
     beta: float,
     loss_type: str = "sigmoid",
+    *,
+    chosen_tokens: torch.Tensor | None = None,
+    rejected_tokens: torch.Tensor | None = None,
+    sft_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """DPO (sigmoid, as in TRL's `loss_type="sigmoid"`) or IPO loss, with reward statistics."""
-    logits = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    if loss_type == "sigmoid":
-        losses = -F.logsigmoid(beta * logits)
-    elif loss_type == "ipo":
-        losses = (logits - 1 / (2 * beta)) ** 2
+    """Preference loss from summed sequence log-probs, as TRL's `DPOTrainer` computes it.
+
+    - `sigmoid`: DPO, -log sigmoid(beta * (chosen log-ratio - rejected log-ratio));
+    - `ipo`: IPO on per-token log-ratios, (delta / tokens - 1 / (2 beta))^2 (TRL normalises by length);
+    - `sigmoid_norm`: DPO on per-token (length-normalised) log-ratios;
+    - `sigmoid_sft`: DPO + `sft_weight` x the mean NLL per chosen token (TRL's
+      `loss_type=["sigmoid", "sft"]`, `loss_weights=[1, sft_weight]`).
+
+    `chosen_tokens` / `rejected_tokens` are the labelled token counts per sequence,
+    needed by every loss but `sigmoid`. Rewards are beta x the log-ratios (unnormalised).
+    """
+    if loss_type not in PREFERENCE_LOSSES:
+        raise ValueError(f"unknown preference loss {loss_type!r}; expected one of {list(PREFERENCE_LOSSES)}")
+    if loss_type != "sigmoid" and (chosen_tokens is None or rejected_tokens is None):
+        raise ValueError(f"preference loss {loss_type!r} needs chosen_tokens and rejected_tokens")
+    chosen_ratio = policy_chosen - ref_chosen
+    rejected_ratio = policy_rejected - ref_rejected
+    metrics: dict[str, float] = {}
+    if loss_type in ("sigmoid", "sigmoid_sft"):
+        loss = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio)).mean()
     else:
-        raise ValueError(f"unknown preference loss {loss_type!r}")
-    chosen_reward = beta * (policy_chosen - ref_chosen).detach()
-    rejected_reward = beta * (policy_rejected - ref_rejected).detach()
-    metrics = {
-        "reward_chosen": chosen_reward.mean().item(),
-        "reward_rejected": rejected_reward.mean().item(),
-        "reward_margin": (chosen_reward - rejected_reward).mean().item(),
-        "reward_accuracy": (chosen_reward > rejected_reward).float().mean().item(),
-    }
-    return losses.mean(), metrics
+        delta = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
+        if loss_type == "ipo":
+            loss = ((delta - 1 / (2 * beta)) ** 2).mean()
+        else:
+            loss = -F.logsigmoid(beta * delta).mean()
+    if loss_type == "sigmoid_sft":
+        sft = -policy_chosen.sum() / chosen_tokens.sum().clamp(min=1)
+        metrics["loss/preference"] = loss.item()
+        metrics["loss/sft"] = sft.item()
+        loss = loss + sft_weight * sft
+    chosen_reward = beta * chosen_ratio.detach()
+    rejected_reward = beta * rejected_ratio.detach()
+    metrics.update({
+        "rewards/chosen": chosen_reward.mean().item(),
+        "rewards/rejected": rejected_reward.mean().item(),
+        "rewards/margins": (chosen_reward - rejected_reward).mean().item(),
+        "rewards/accuracies": (chosen_reward > rejected_reward).float().mean().item(),
+        "logps/chosen": policy_chosen.detach().mean().item(),
+        "logps/rejected": policy_rejected.detach().mean().item(),
+    })
+    return loss, metrics
 
 
 class PreferenceObjective:
-    """Policy vs a frozen reference on batches of [chosen..., rejected...] rows."""
+    """Policy vs a frozen reference on batches of [chosen..., rejected...] rows.
 
-    def __init__(self, reference: nn.Module, beta: float, loss_type: str = "sigmoid"):
+    Metrics per step (names as TRL logs them): rewards/chosen, rewards/rejected,
+    rewards/margins, rewards/accuracies, logps/chosen, logps/rejected (plus
+    loss/preference and loss/sft for `sigmoid_sft`); the loop logs the total `loss`.
+    """
+
+    def __init__(self, reference: nn.Module, beta: float, loss_type: str = "sigmoid", sft_weight: float = 1.0):
+        if loss_type not in PREFERENCE_LOSSES:
+            raise ValueError(f"unknown preference loss {loss_type!r}; expected one of {list(PREFERENCE_LOSSES)}")
         self.reference = reference.eval().requires_grad_(False)
         self.beta = beta
         self.loss_type = loss_type
+        self.sft_weight = sft_weight
 
     def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         labels = batch["labels"]
@@ -60,9 +105,11 @@ class PreferenceObjective:
         logps = sequence_logps(model(**inputs).logits, labels)
         with torch.no_grad():
             ref_logps = sequence_logps(self.reference(**inputs).logits, labels)
+        tokens = labelled_tokens(labels)
         half = labels.shape[0] // 2
         return preference_loss(
-            logps[:half], logps[half:], ref_logps[:half], ref_logps[half:], self.beta, self.loss_type
+            logps[:half], logps[half:], ref_logps[:half], ref_logps[half:], self.beta, self.loss_type,
+            chosen_tokens=tokens[:half], rejected_tokens=tokens[half:], sft_weight=self.sft_weight,
         )
 
 

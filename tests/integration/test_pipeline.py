@@ -50,6 +50,30 @@ def test_a_version_per_training_stage_with_tags_and_parent_links(runs):
         assert "heldout_vqa_accuracy" in run["metrics"] and "loss" in run["metrics"]
 
 
+def test_every_vlm_version_has_a_model_card_and_every_stage_a_prefect_report(runs):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from registry.tracking import client as mlflow_client
+
+    recipe, first, _ = runs
+    for outcome in first.stages:
+        card = registry.version_info(recipe.registered_model, outcome.version)["description"]
+        assert card.startswith(f"# {recipe.registered_model} v{outcome.version}")
+        assert f"`{first.data.version}`" in card and "trainable parameters" in card
+    final = registry.version_info(recipe.registered_model, first.stages[-1].version)
+    assert "| vqa_accuracy |" in final["description"]  # the evaluated version's scores
+    artifacts = mlflow_client().list_artifacts(final["run_id"])
+    assert "model_card.md" in {a.path for a in artifacts}
+    keys = [f"{recipe.name}-pretrain", f"{recipe.name}-sft", f"{recipe.name}-align",
+            f"pipeline-{recipe.name}"]
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+    assert {a.key for a in found} == set(keys)
+    assert all(a.type == "markdown" and first.stages[0].run_id[:12] in a.data
+               for a in found if a.key == f"{recipe.name}-pretrain")
+
+
 def test_backbones_are_registered_models_of_their_own(runs):
     _, first, _ = runs
     assert {b.name for b in first.backbones} == {"vision-micro", "lm-micro"}

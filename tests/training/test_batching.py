@@ -73,3 +73,39 @@ def test_collate_pads_text_only_samples_with_zero_images(tokenizer):
     assert batch["attention_mask"][1].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
     left = collate([with_image, text_only], tokenizer.pad_token_id, padding_side="left")
     assert left["attention_mask"][1, -1] == 1 and left["attention_mask"][1, 0] == 0
+
+
+def test_label_vector_matches_a_hand_worked_two_image_three_turn_chat_token_by_token(tokenizer):
+    processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And this one?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "blue"}]},
+        {"role": "user", "content": [{"type": "text", "text": "Same shape?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
+    ]
+    enc = ChatEncoder(processor, max_length=512).encode(messages, [_image("red"), _image("blue")])
+    # Worked by hand: one 32 px view per image -> <fake><global-img> 4 x <image> <fake>;
+    # labelled = each answer and its <end_of_utterance>; everything else (headers, the
+    # newline after each answer, images, user turns) is ignored.
+    image = "<fake_token_around_image><global-img>" + "<image>" * 4 + "<fake_token_around_image>"
+    segments = [
+        ("<|begin_of_text|><|im_start|>user\n" + image + "Colour?<end_of_utterance>\n<|im_start|>assistant\n", False),
+        ("red<end_of_utterance>", True),
+        ("\n<|im_start|>user\n" + image + "And this one?<end_of_utterance>\n<|im_start|>assistant\n", False),
+        ("blue<end_of_utterance>", True),
+        ("\n<|im_start|>user\nSame shape?<end_of_utterance>\n<|im_start|>assistant\n", False),
+        ("yes<end_of_utterance>", True),
+        ("\n", False),
+    ]
+    ids, labels = [], []
+    for text, labelled in segments:
+        part = tokenizer(text, add_special_tokens=False).input_ids
+        ids += part
+        labels += part if labelled else [IGNORE] * len(part)
+    assert enc.input_ids == ids
+    assert len(enc.labels) == len(labels)
+    wrong = [(i, tokenizer.convert_ids_to_tokens(ids[i]), enc.labels[i], labels[i])
+             for i in range(len(ids)) if enc.labels[i] != labels[i]]
+    assert not wrong, f"label mismatches (position, token, got, expected): {wrong}"

@@ -23,15 +23,43 @@ def test_dpo_sigmoid_loss_on_known_logps():
     # margins: (1 - (-1)) = 2 and (0 - 1) = -1
     expected = (-math.log(1 / (1 + math.exp(-1.0))) - math.log(1 / (1 + math.exp(0.5)))) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
-    assert m["reward_chosen"] == pytest.approx((0.5 * 1 + 0.5 * 0) / 2)
-    assert m["reward_rejected"] == pytest.approx((0.5 * -1 + 0.5 * 1) / 2)
-    assert m["reward_accuracy"] == pytest.approx(0.5)
+    assert m["rewards/chosen"] == pytest.approx((0.5 * 1 + 0.5 * 0) / 2)
+    assert m["rewards/rejected"] == pytest.approx((0.5 * -1 + 0.5 * 1) / 2)
+    assert m["rewards/margins"] == pytest.approx((0.5 * 2 + 0.5 * -1) / 2)
+    assert m["rewards/accuracies"] == pytest.approx(0.5)
+    assert m["logps/chosen"] == pytest.approx(-1.5) and m["logps/rejected"] == pytest.approx(-2.0)
 
 
-def test_ipo_loss_on_known_logps():
+def test_ipo_loss_on_known_logps_is_per_token():
+    # log-ratios 0 (chosen) and -1 (rejected) over 2 and 4 tokens: delta = 0/2 - (-1/4) = 0.25
     loss, _ = preference_loss(torch.tensor([0.0]), torch.tensor([-1.0]), torch.tensor([0.0]),
-                              torch.tensor([0.0]), beta=0.25, loss_type="ipo")
-    assert loss.item() == pytest.approx((1 - 2) ** 2)
+                              torch.tensor([0.0]), beta=0.25, loss_type="ipo",
+                              chosen_tokens=torch.tensor([2]), rejected_tokens=torch.tensor([4]))
+    assert loss.item() == pytest.approx((0.25 - 2) ** 2)
+    with pytest.raises(ValueError, match="needs chosen_tokens"):
+        preference_loss(torch.tensor([0.0]), torch.tensor([-1.0]), torch.tensor([0.0]), torch.tensor([0.0]),
+                        beta=0.25, loss_type="ipo")
+
+
+def test_sigmoid_sft_adds_the_weighted_chosen_nll_per_token():
+    pc, pr = torch.tensor([-2.0, -6.0]), torch.tensor([-3.0, -5.0])
+    rc, rr = torch.tensor([-2.0, -5.0]), torch.tensor([-2.0, -5.0])
+    tokens = dict(chosen_tokens=torch.tensor([2, 3]), rejected_tokens=torch.tensor([3, 3]))
+    dpo, _ = preference_loss(pc, pr, rc, rr, beta=1.0)
+    loss, m = preference_loss(pc, pr, rc, rr, beta=1.0, loss_type="sigmoid_sft", sft_weight=0.5, **tokens)
+    # margins (0 - -1) = 1 and (-1 - 0) = -1; NLL per chosen token = (2 + 6) / (2 + 3) = 1.6
+    expected_dpo = (-math.log(1 / (1 + math.exp(-1))) - math.log(1 / (1 + math.exp(1)))) / 2
+    assert dpo.item() == pytest.approx(expected_dpo)
+    assert loss.item() == pytest.approx(expected_dpo + 0.5 * 1.6)
+    assert m["loss/preference"] == pytest.approx(expected_dpo) and m["loss/sft"] == pytest.approx(1.6)
+
+
+def test_length_normalised_dpo_on_known_logps():
+    loss, _ = preference_loss(torch.tensor([-4.0]), torch.tensor([-9.0]), torch.tensor([-6.0]),
+                              torch.tensor([-6.0]), beta=2.0, loss_type="sigmoid_norm",
+                              chosen_tokens=torch.tensor([2]), rejected_tokens=torch.tensor([3]))
+    # per-token log-ratios 2/2 = 1 and -3/3 = -1: -log sigmoid(2 * 2)
+    assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-4.0))))
 
 
 def test_sequence_logps_sums_labelled_tokens_only():

@@ -1,0 +1,146 @@
+"""Score official result files the way the official tools do, with JSON-able outputs.
+
+* :func:`score_vqa`: ``VQAEval`` accuracy (see :mod:`vqa_metrics`) for VQAv2, OK-VQA, TextVQA.
+* :func:`score_caption`: ``COCOEvalCap`` metrics over the images that have a result (as
+  ``COCOEvalCap`` does), with the PTB tokenizer when Java is present.
+* :func:`score_mcq`: accuracy of option letters (free text is read with :func:`parse_choice`).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+from components.evaluation.caption_metrics import caption_scores
+from components.evaluation.choice import parse_choice
+from components.evaluation.official_formats import (
+    FormatError,
+    MCQItem,
+    check_caption_annotations,
+    check_caption_results,
+    check_vqa_annotations,
+    check_vqa_questions,
+    check_vqa_results,
+)
+from components.evaluation.vqa_metrics import evaluate_vqa
+
+__all__ = ["CAPTION_METRICS", "MissingJavaError", "score_caption", "score_mcq", "score_vqa"]
+
+CAPTION_METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr")
+_NEEDS_JAVA = {"METEOR", "SPICE"}
+
+
+class MissingJavaError(RuntimeError):
+    """A metric runs a Java program and no ``java`` is on PATH."""
+
+
+def _some(ids: Sequence[Hashable], n: int = 5) -> str:
+    shown = ", ".join(repr(i) for i in list(ids)[:n])
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > n else "")
+
+
+def _match_ids(got: Sequence[Hashable], expected: Sequence[Hashable], what: str,
+               key: str, require_all: bool = True) -> None:
+    known = set(expected)
+    unknown = [i for i in got if i not in known]
+    if unknown:
+        raise FormatError(f"{what}: result for unknown {key} {_some(unknown)}")
+    have = set(got)
+    missing = [i for i in expected if i not in have]
+    if require_all and missing:
+        raise FormatError(f"{what}: no result for {key} {_some(missing)}")
+
+
+def score_vqa(
+    results: list[dict[str, Any]],
+    annotations: dict[str, Any],
+    questions: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Official VQA accuracy: ``{"overall", "perAnswerType", "perQuestionType", "perQuestion"}``.
+
+    Percentages rounded to 2 decimals, ``perQuestion`` keyed by question id. ``annotations``
+    may be VQAv2/OK-VQA or TextVQA data; ``questions``, when given, must cover every annotated
+    question (same image ids) and makes Multiple Choice answers be checked. Every annotated
+    question needs exactly one result.
+    """
+    annotations = check_vqa_annotations(annotations)
+    results = check_vqa_results(results)
+    anns = annotations["annotations"]
+    _match_ids([r["question_id"] for r in results], [a["question_id"] for a in anns],
+               "results", "question_id")
+    if questions is not None:
+        check_vqa_questions(questions)
+        by_id = {q["question_id"]: q for q in questions["questions"]}
+        for ann in anns:
+            q = by_id.get(ann["question_id"])
+            if q is None:
+                raise FormatError(f"questions: no question for annotated question_id "
+                                  f"{ann['question_id']!r}")
+            if "image_id" in ann and ann["image_id"] != q["image_id"]:
+                raise FormatError(f"questions: question_id {ann['question_id']!r} has image_id "
+                                  f"{q['image_id']!r} but its annotation says {ann['image_id']!r}")
+    return evaluate_vqa(results, annotations, questions)
+
+
+def score_caption(
+    results: list[dict[str, Any]] | Mapping[Hashable, str],
+    annotations: dict[str, Any] | Mapping[Hashable, Sequence[str]],
+    metrics: Sequence[str] = CAPTION_METRICS,
+) -> dict[str, Any]:
+    """COCO caption metrics (``Bleu_1``..``Bleu_4``, ``METEOR``, ``ROUGE_L``, ``CIDEr``).
+
+    ``results``: ``[{"image_id", "caption"}]`` (or id -> caption); ``annotations``: the COCO
+    captions dict (or id -> references). Like ``COCOEvalCap``, only images with a result are
+    scored (CIDEr's IDF too); a result for an unannotated image is an error. Adds ``images``
+    (scored), ``images_without_result`` and ``tokenizer``. Raises :class:`MissingJavaError`
+    when a requested metric needs Java and none is on PATH.
+    """
+    preds = check_caption_results(results) if isinstance(results, list) else dict(results)
+    refs = (check_caption_annotations(annotations) if "annotations" in annotations
+            else {k: list(v) for k, v in annotations.items()})
+    java = shutil.which("java") is not None
+    needs_java = sorted(m for m in metrics if m.upper() in _NEEDS_JAVA)
+    if needs_java and not java:
+        raise MissingJavaError(f"{', '.join(needs_java)} needs Java (pycocoevalcap runs a .jar) and "
+                               "no `java` is on PATH: install a JRE or leave the metric out")
+    _match_ids(list(preds), list(refs), "results", "image_id", require_all=False)
+    if not preds:
+        raise FormatError("results: no captions to score")
+    scores: dict[str, Any] = caption_scores(preds, {k: refs[k] for k in preds}, metrics)
+    scores.update(images=len(preds), images_without_result=len(refs) - len(preds),
+                  tokenizer="PTBTokenizer" if java else "simple_tokenize")
+    return scores
+
+
+def score_mcq(
+    predictions: Mapping[Hashable, str] | Sequence[str],
+    items: Sequence[MCQItem],
+) -> dict[str, Any]:
+    """Accuracy (percent) of option-letter predictions: ``{"accuracy", "correct", "total",
+    "unparsed", "perItem"}``.
+
+    ``predictions`` maps item ids to answers, or lists them in item order. An answer that is
+    not a bare letter is read with :func:`parse_choice` (option texts included); one that
+    cannot be read counts as wrong and in ``unparsed``. Every item needs a prediction.
+    """
+    if not items:
+        raise FormatError("items: no items to score")
+    if isinstance(predictions, Mapping):
+        _match_ids(list(predictions), [it.id for it in items], "predictions", "id")
+        answers = [predictions[it.id] for it in items]
+    else:
+        if len(predictions) != len(items):
+            raise FormatError(f"predictions: {len(predictions)} answers for {len(items)} items")
+        answers = list(predictions)
+    per_item, correct, unparsed = {}, 0, 0
+    for item, answer in zip(items, answers, strict=True):
+        if not isinstance(answer, str):
+            raise FormatError(f"predictions: id {item.id!r}: answer must be a string, got {answer!r}")
+        choice = parse_choice(answer, len(item.options), item.options)
+        unparsed += choice is None
+        ok = choice == item.answer_letter
+        correct += ok
+        per_item[item.id] = {"prediction": choice, "answer": item.answer_letter, "correct": ok}
+    return {"accuracy": 100 * correct / len(items), "correct": correct, "total": len(items),
+            "unparsed": unparsed, "perItem": per_item}

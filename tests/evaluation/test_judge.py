@@ -1,0 +1,143 @@
+"""LAVE-style judge: parsing hand-written judge outputs, the prompt, the exact-match
+short-circuit, and the whole path offline with a tiny randomly initialised Llama (its ratings
+mean nothing; the test shows the path runs and the disk cache answers the second time)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.evaluation.judge import (
+    DEMONSTRATIONS,
+    INSTRUCTIONS,
+    JudgeCache,
+    JudgeItem,
+    Judgment,
+    LocalJudge,
+    judge_summary,
+    lave_prompt,
+    parse_rating,
+    rating_score,
+)
+
+
+@pytest.mark.parametrize(("output", "rating"), [
+    ("The candidate answer matches the references. So rating=3", 3),
+    ("The answer is partly right. So rating = 2.", 2),
+    ("It names another colour. So rating=1", 1),
+    ("Rating: 2", 2),
+    ("rating is 3", 3),
+    ("**Rating:** 1", 1),
+    ("3", 3),
+    (" 2. ", 2),
+    ("First I thought rating=1 but the reference says blue. So rating=3", 3),  # the last one
+    ("So rating=4", None),
+    ("rating=10", None),
+    ("rating=2.5", None),
+    ("The answer is correct.", None),
+    ("", None),
+    ("3 shapes", None),
+])
+def test_parse_rating_on_hand_written_outputs(output, rating):
+    assert parse_rating(output) == rating
+
+
+def test_rating_maps_to_lave_scores():
+    assert [rating_score(r) for r in (1, 2, 3, None)] == [0.0, 0.5, 1.0, None]
+    with pytest.raises(ValueError, match="rating must be 1, 2 or 3"):
+        rating_score(0)
+    assert Judgment(2, "So rating=2", "model").score == 0.5
+
+
+def test_prompt_has_instructions_demonstrations_and_the_item_last():
+    prompt = lave_prompt(JudgeItem("What colour is the square?", ("blue", "blue", "navy"),
+                                   "dark blue"))
+    assert prompt.startswith(INSTRUCTIONS)
+    for _, _, _, output in DEMONSTRATIONS:
+        assert output in prompt
+    assert prompt.endswith("Question: 'What colour is the square?'\n"
+                           "Reference answers: 'blue', 'navy'\n"  # duplicates dropped
+                           "Candidate answer: 'dark blue'\nOutput:")
+    assert [parse_rating(out) for *_, out in DEMONSTRATIONS] == [1, 2, 3]
+
+
+def test_summary_counts_unreadable_outputs_as_zero():
+    js = [Judgment(3, "", "exact_match"), Judgment(2, "rating=2", "model"),
+          Judgment(None, "???", "model"), Judgment(1, "rating=1", "cache")]
+    assert judge_summary(js) == {"score": pytest.approx(1.5 / 4), "unparsed": 0.25,
+                                 "exact_match": 0.25}
+    with pytest.raises(ValueError, match="no judgments"):
+        judge_summary([])
+
+
+def test_cache_is_keyed_by_model_and_prompt(tmp_path):
+    cache = JudgeCache(tmp_path)
+    cache.put("m1", "prompt", "So rating=3")
+    assert cache.get("m1", "prompt") == "So rating=3"
+    assert cache.get("m2", "prompt") is None and cache.get("m1", "other") is None
+    path = cache.path("m1", "prompt")
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="judge cache entry .*unreadable"):
+        cache.get("m1", "prompt")
+    path.write_text(json.dumps({"model_id": "m9", "prompt": "prompt", "output": "x"}))
+    with pytest.raises(ValueError, match="holds another"):
+        cache.get("m1", "prompt")
+
+
+@pytest.fixture(scope="module")
+def tiny_judge_dir(tokenizer, tmp_path_factory):
+    """A randomly initialised 1-layer Llama with the project tokenizer: any causal LM dir."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    out = tmp_path_factory.mktemp("judge")
+    LlamaForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+ITEMS = [
+    JudgeItem("What colour is the circle?", ("red",), "Red."),  # exact match after normalization
+    JudgeItem("Where is the blue square?", ("top left",), "left"),
+    JudgeItem("How many circles are there?", ("2",), "three"),
+    JudgeItem("Where is the blue square?", ("top left",), "left"),  # same prompt as item 1
+]
+
+
+def test_local_judge_runs_offline_and_caches_on_disk(tiny_judge_dir, tmp_path):
+    cache_dir = tmp_path / "cache"
+    judge = LocalJudge(tiny_judge_dir, cache_dir=cache_dir, max_new_tokens=6, batch_size=2)
+    first = judge.judge(ITEMS)
+    assert [j.source for j in first] == ["exact_match", "model", "model", "model"]
+    assert first[0].rating == 3 and first[0].score == 1.0
+    for j in first[1:]:
+        assert j.rating == parse_rating(j.output)  # whatever the random model wrote, parsed
+    assert first[1] == first[3]
+    assert len(list(cache_dir.rglob("*.json"))) == 2  # one entry per distinct prompt
+
+    again = LocalJudge(tiny_judge_dir, cache_dir=cache_dir, max_new_tokens=6).judge(ITEMS)
+    assert [j.source for j in again] == ["exact_match", "cache", "cache", "cache"]
+    assert [j.output for j in again] == [j.output for j in first]
+    assert judge._model is not None
+    cached_only = LocalJudge(tiny_judge_dir, cache_dir=cache_dir, max_new_tokens=6)
+    cached_only.judge(ITEMS[1:3])
+    assert cached_only._model is None  # every answer came from the cache: the model never loaded
+
+    other = LocalJudge(tiny_judge_dir, cache_dir=cache_dir, max_new_tokens=7)  # another judge id
+    assert other.model_id != judge.model_id
+    assert other.render(ITEMS[1]) == judge.render(ITEMS[1])
+    assert other.render(ITEMS[1]).endswith("Output:<end_of_utterance>\n<|im_start|>assistant\n")
+
+
+def test_judge_rejects_bad_input(tiny_judge_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a transformers model directory"):
+        LocalJudge(tmp_path)
+    judge = LocalJudge(tiny_judge_dir, exact_match_shortcut=False)
+    with pytest.raises(ValueError, match="judge item 1: references must be a non-empty list"):
+        judge.judge([ITEMS[0], JudgeItem("Q?", (), "a")])

@@ -1,0 +1,123 @@
+"""Text-only data mixed in at a ratio, mixed batches through a real model, preference skipping."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from PIL import Image
+
+from components.data.corpus import generate_samples
+from components.data.sample import Sample
+from components.data.shards import write_shard
+from components.model.assembly import assemble_idefics3
+from components.model.processor import build_processor
+from components.recipe import Stage
+from components.training.batching import IGNORE, ChatEncoder, collate
+from components.training.data_stream import (
+    ChatBatches,
+    MixedSamples,
+    PreferenceBatches,
+    SampleStream,
+    sample_stream,
+)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    for source in ("scenes_vqa", "text", "preference"):
+        write_shard(generate_samples(source, 0, "train", 0, 30, image_size=32), root / "train" / f"{source}-0000.tar")
+    return root
+
+
+@pytest.fixture
+def encoder(tokenizer):
+    processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
+    return ChatEncoder(processor, max_length=256)
+
+
+def test_text_only_samples_are_mixed_in_at_the_recipe_ratio(shards):
+    mixed = sample_stream(shards, ["scenes_vqa", "text"], seed=0, text_ratio=0.25)
+    assert isinstance(mixed, MixedSamples)
+    drawn = list(itertools.islice(mixed, 2000))
+    share = sum(s.record["source"] == "text" for s in drawn) / len(drawn)
+    assert share == pytest.approx(0.25, abs=0.04)
+    assert all(not s.images for s in drawn if s.record["source"] == "text")
+    assert all(s.images for s in drawn if s.record["source"] != "text")
+    # None keeps the natural mixture (one stream over both sources: 30 + 30 samples -> a half)
+    natural = sample_stream(shards, ["scenes_vqa", "text"], seed=0)
+    assert isinstance(natural, SampleStream)
+    share = sum(s.record["source"] == "text" for s in itertools.islice(natural, 600)) / 600
+    assert share == pytest.approx(0.5, abs=0.01)
+    with pytest.raises(ValueError, match="text-only source"):
+        sample_stream(shards, ["scenes_vqa"], seed=0, text_ratio=0.5)
+
+
+def test_recipe_text_ratio_and_packing_fields():
+    base = dict(name="sft", kind="sft", longest_edge=32, sources=["scenes_vqa", "text"],
+                unfreeze={"text": "full"})
+    stage = Stage(**base)
+    assert stage.text_ratio is None and stage.packing is False and stage.loss == "sigmoid"
+    assert Stage(**base, text_ratio=0.3, packing=True).text_ratio == 0.3
+    with pytest.raises(ValueError, match="text_ratio"):
+        Stage(**{**base, "sources": ["scenes_vqa"]}, text_ratio=0.3)
+    with pytest.raises(ValueError):
+        Stage(**base, text_ratio=1.5)
+
+
+def test_mixed_batch_forward_matches_each_sample_alone(backbones, tokenizer, encoder, shards):
+    """A text-only sample carries no pixel tensors; batched with an image sample it gets an
+    all-zero padding image that Idefics3 drops: its logits are those it has alone."""
+    samples = sample_stream(shards, ["scenes_vqa", "text"], seed=0, text_ratio=0.5)
+    batch = next(iter(ChatBatches(samples, encoder, batch_size=6)))
+    assert "pixel_values" in batch
+    items = []
+    for s in itertools.islice(MixedSamples(SampleStream([shards / "train" / "text-0000.tar"], 0),
+                                           SampleStream([shards / "train" / "scenes_vqa-0000.tar"], 0), 0.5, 1), 4):
+        items.append(encoder.encode(s.record["messages"], s.images))
+    kinds = [it.pixel_values is None for it in items]
+    assert any(kinds) and not all(kinds), "need both text-only and image samples"
+    model = assemble_idefics3(*backbones, tokenizer, scale_factor=2).eval()
+    mixed = {k: v for k, v in collate(items, tokenizer.pad_token_id).items() if k != "labels"}
+    with torch.no_grad():
+        logits = model(**mixed).logits
+        for row, it in enumerate(items):
+            alone = {k: v for k, v in collate([it], tokenizer.pad_token_id).items() if k != "labels"}
+            assert ("pixel_values" in alone) == (it.pixel_values is not None)
+            n = len(it.input_ids)
+            torch.testing.assert_close(logits[row, :n], model(**alone).logits[0], atol=1e-5, rtol=0)
+        text_only = collate([it for it in items if it.pixel_values is None], tokenizer.pad_token_id)
+        assert "pixel_values" not in text_only
+        model(**{k: v for k, v in text_only.items() if k != "labels"})
+        model(**{k: v for k, v in batch.items() if k != "labels"})
+
+
+def _preference(key: str, chosen: str, rejected: str) -> Sample:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+    return Sample(key, [Image.new("RGB", (32, 32), "red")],
+                  {"messages": messages, "chosen": chosen, "rejected": rejected})
+
+
+def test_preference_pairs_over_max_length_are_skipped_and_counted_never_cut(tokenizer, encoder):
+    fits = _preference("fits", "a red circle", "a blue square")
+    prompt_len = len(encoder.encode_with_answer(fits.record["messages"], fits.images, "").input_ids)
+    longest_fit = max(len(encoder.encode_with_answer(fits.record["messages"], fits.images, a).input_ids)
+                      for a in ("a red circle", "a blue square"))
+    encoder.max_length = longest_fit  # the fitting pair uses every position
+    too_long_rejected = _preference("long-rejected", "a red circle", "a red circle at the top left " * 3)
+    too_long_chosen = _preference("long-chosen", "a red circle at the top left " * 3, "a blue square")
+    assert prompt_len < encoder.max_length
+    batches = PreferenceBatches([too_long_rejected, fits, too_long_chosen], encoder, batch_size=1)
+    out = list(batches)
+    assert batches.skipped == 2 and batches.dropped == 2
+    assert len(out) == 1
+    batch = out[0]
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    eou = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    for row, answer in enumerate(("a red circle", "a blue square")):
+        ids, labels = batch["input_ids"][row], batch["labels"][row]
+        assert int((ids == image_id).sum()) == 4  # every image token kept
+        labelled = labels[labels != IGNORE].tolist()
+        assert labelled == tokenizer(answer, add_special_tokens=False).input_ids + [eou]  # whole answer
