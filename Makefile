@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test test-slow test-distributed postgres lint clean stack-up stack-down
+.PHONY: install demo test test-slow test-distributed postgres chromium lint clean stack-up stack-down
 
 install: $(VENV)/.installed
 
@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/vlmforge run --recipe configs/tiny.yaml
 
-test: install postgres
+test: install postgres chromium
 	$(BIN)/pytest -q
 
 # The MLflow-on-PostgreSQL test needs Debian's postgresql (it starts its own throwaway
@@ -36,6 +36,13 @@ test-distributed: install
 
 test-slow: install
 	$(BIN)/pytest -q -m slow
+
+# The MLflow UI browser test renders pages with Debian's headless chromium.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    apt-get install -y -q chromium >/dev/null; } || \
+	  echo "chromium not available: the MLflow UI browser test will skip"
 
 lint: install
 	$(BIN)/ruff check .

@@ -35,7 +35,7 @@ from components.training.backbones import (
 from components.training.data_stream import shard_paths
 from components.training.loop import LoopConfig
 from flows.data import DataVersion
-from flows.lineage import git_sha, log_data_inputs
+from flows.lineage import StepLogger, git_sha, log_data_inputs
 
 
 @dataclass
@@ -52,10 +52,6 @@ class BackboneOutcome:
 def loop_config(t: TrainSettings, seed: int) -> LoopConfig:
     return LoopConfig(steps=t.steps, lr=t.lr, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
                       grad_clip=t.grad_clip, grad_accum=t.grad_accum, log_every=t.log_every, seed=seed)
-
-
-def _log_step(step: int, row: dict[str, float]) -> None:
-    registry.log_metrics(row, step=step)
 
 
 def image_caption_pairs(shards: Path, split: str, seed: int = 0):
@@ -131,7 +127,8 @@ def vision_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, fo
         vision, result, dual = train_vision_tower(
             images, captions, negatives if spec.hard_negatives else None, tokenizer, config,
             loop_config(spec.train, recipe.seed), batch_size=spec.train.batch_size,
-            patch_keep=spec.patch_keep, on_log=_log_step)
+            patch_keep=spec.patch_keep,
+            on_log=StepLogger(spec.train.steps, f"{recipe.name}-{spec.registered_model}"))
         test = image_caption_pairs(data.shards, "test")[:200]
         test_caps = [c for _, c, _ in test]
         metrics = {
@@ -161,7 +158,8 @@ def lm_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, force:
         log_data_inputs(data, run_id)
         result = train_language_model(texts, tokenizer, lm, loop_config(spec.train, recipe.seed),
                                       batch_size=spec.train.batch_size, block=spec.block,
-                                      on_log=_log_step)
+                                      on_log=StepLogger(spec.train.steps,
+                                                        f"{recipe.name}-{spec.registered_model}"))
         metrics = {"loss_first": result.mean_loss(first=True), "loss_last": result.mean_loss(first=False),
                    "seconds": time.perf_counter() - start}
         return _register(spec, key, data, run_id, metrics, lm, tokenizer)

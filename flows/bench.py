@@ -5,6 +5,8 @@
 - generation: batched KV-cache generation vs one prompt at a time (ratio = per-sample / batched).
 - serve:   500 requests at concurrency 8 against `mlflow models serve` (ratio = served / in-process
   throughput).
+- dask:    shard generation of configs/tiny.yaml's data (10,500 samples) on a Dask LocalCluster of
+  1 vs 2 workers (ratio = 2-worker / 1-worker records/s); see flows/bench_dask.py.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def bench_rerun(recipe: str) -> dict:
             "ratio": round(second / first, 3)}
 
 
-BENCHES = ("rerun", "startup", "generation", "serve")
+BENCHES = ("rerun", "startup", "generation", "serve", "dask")
 
 
 def run_bench(name: str, recipe: str, as_json: bool = False,
@@ -58,6 +60,10 @@ def run_bench(name: str, recipe: str, as_json: bool = False,
         from flows.bench_serve import bench_serve
 
         result = bench_serve(model)
+    elif name == "dask":
+        from flows.bench_dask import bench_dask
+
+        result = bench_dask(recipe)
     else:
         result = bench_startup() if name == "startup" else bench_rerun(recipe)
     if as_json:

@@ -62,13 +62,26 @@ class _Strict(BaseModel):
 
 
 class JudgeSpec(_Strict):
-    """A LAVE-style judge: a local ``AutoModelForCausalLM`` directory."""
+    """A LAVE-style judge: a local ``AutoModelForCausalLM`` directory (``backend: local``) or
+    a model behind an OpenAI-compatible endpoint (``backend: openai``, ``base_url``)."""
 
-    model: str
+    backend: Literal["local", "openai"] = "local"
+    model: str  # local: a model directory; openai: the endpoint's model name
+    base_url: str | None = None  # openai: the API root, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = None  # openai: env var holding the API key (optional)
+    timeout_s: float = Field(60.0, gt=0)  # openai: per request
     cache_dir: str | None = None  # default: $VLMFORGE_HOME/judge-cache
     max_new_tokens: int = Field(48, gt=0)
-    batch_size: int = Field(8, gt=0)
+    batch_size: int = Field(8, gt=0)  # openai: concurrent requests
     exact_match_shortcut: bool = True
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> JudgeSpec:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("an openai judge needs a base_url")
+        if self.backend == "local" and (self.base_url or self.api_key_env):
+            raise ValueError("base_url and api_key_env apply to an openai judge only")
+        return self
 
 
 class SuiteSpec(_Strict):
@@ -114,9 +127,9 @@ class SuiteSpec(_Strict):
             if value is not None and not Path(value).expanduser().is_absolute():
                 update[name] = str((base / value).resolve())
         if self.judge is not None:
+            paths = (("model", self.judge.model),) if self.judge.backend == "local" else ()
             judge = {k: (str((base / v).resolve()) if v and not Path(v).expanduser().is_absolute()
-                         else v) for k, v in (("model", self.judge.model),
-                                              ("cache_dir", self.judge.cache_dir))}
+                         else v) for k, v in (*paths, ("cache_dir", self.judge.cache_dir))}
             update["judge"] = self.judge.model_copy(update=judge)
         return self.model_copy(update=update)
 
@@ -394,16 +407,19 @@ def run_pope(spec: SuiteSpec, model, encoder, data: DataVersion, *, max_new_toke
 def apply_judge(judge: JudgeSpec, rows: list[dict]) -> dict[str, float]:
     """LAVE ratings of the open-answer rows (captions are left to caption metrics): adds
     ``judge_rating`` to those rows, returns ``judge_score``/``judge_unparsed``/``judge_exact_match``."""
-    from components.evaluation.judge import JudgeItem, LocalJudge, judge_summary
+    from components.evaluation.judge import JudgeItem, judge_summary, make_judge
     from flows.environment import vlmforge_home
 
     judged = [r for r in rows if r.get("task") != "caption"]
     if not judged:
         return {}
     cache = judge.cache_dir or str(vlmforge_home() / "judge-cache")
-    local = LocalJudge(judge.model, cache_dir=cache, max_new_tokens=judge.max_new_tokens,
-                       batch_size=judge.batch_size, exact_match_shortcut=judge.exact_match_shortcut)
-    judgments = local.judge([JudgeItem(r["question"], tuple(r["answers"]), r["prediction"])
+    judge_model = make_judge(judge.backend, judge.model, base_url=judge.base_url,
+                             api_key_env=judge.api_key_env, timeout_s=judge.timeout_s,
+                             cache_dir=cache, max_new_tokens=judge.max_new_tokens,
+                             batch_size=judge.batch_size,
+                             exact_match_shortcut=judge.exact_match_shortcut)
+    judgments = judge_model.judge([JudgeItem(r["question"], tuple(r["answers"]), r["prediction"])
                              for r in judged])
     for row, j in zip(judged, judgments, strict=True):
         row["judge_rating"] = j.rating

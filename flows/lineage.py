@@ -139,3 +139,21 @@ def publish_markdown(key: str, markdown: str, description: str | None = None) ->
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact(markdown=markdown, key=artifact_key(key), description=description)
+
+
+class StepLogger:
+    """The training loop's `on_log`: step metrics to the active MLflow run, and the share of
+    steps done to a Prefect progress artifact (the task's progress bar in the Prefect UI)."""
+
+    def __init__(self, total_steps: int, name: str) -> None:
+        from prefect.artifacts import create_progress_artifact
+
+        self.total_steps = max(1, total_steps)
+        self.artifact_id = create_progress_artifact(
+            0.0, key=artifact_key(f"{name}-progress"), description=f"{name}: training steps done")
+
+    def __call__(self, step: int, row: dict[str, float]) -> None:
+        from prefect.artifacts import update_progress_artifact
+
+        registry.log_metrics(row, step=step)
+        update_progress_artifact(self.artifact_id, progress=100.0 * step / self.total_steps)

@@ -36,7 +36,8 @@ def assemble_from_backbones(recipe: Recipe, backbone_versions: dict[str, str]):
     vision = load_vision_backbone(vision_dir)
     lm = load_text_backbone(text_dir)
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_dir), lm)
-    model = assemble_idefics3(vision, lm, tokenizer, scale_factor=recipe.model.scale_factor)
+    model = assemble_idefics3(vision, lm, tokenizer, scale_factor=recipe.model.scale_factor,
+                              seed=recipe.seed)
     if recipe.model.standardize_features:
         images = training_images(recipe, recipe.model.standardize_features)
         standardize_image_features(model, images_to_tensor(images, vision.config.image_size))

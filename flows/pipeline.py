@@ -74,7 +74,8 @@ def pipeline(recipe: Recipe, force: bool = False) -> PipelineResult:
         backbones = backbones_flow(recipe, data, parent_run_id=run_id, force=force)
         stages: list[StageOutcome] = []
         for kind in ("pretrain", "sft", "align"):
-            stages += STAGE_FLOWS[kind](recipe, data, backbones, parent_run_id=run_id, force=force)
+            stages += STAGE_FLOWS[kind](recipe, data, backbones, parent_run_id=run_id, force=force,
+                                        previous_version=stages[-1].version if stages else None)
         evaluation = evaluate_flow(recipe, stages[-1].version, data, parent_run_id=run_id, force=force)
         registry.log_metrics({f"final_{k}": v for k, v in evaluation.metrics.items()})
         registry.set_tags({"final_version": stages[-1].version, "champion": evaluation.champion})

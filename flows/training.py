@@ -25,6 +25,7 @@ from components.training.stage import run_stage
 from flows.backbones import BackboneOutcome, loop_config
 from flows.data import DataVersion
 from flows.lineage import (
+    StepLogger,
     git_sha,
     log_data_inputs,
     log_predictions,
@@ -90,9 +91,15 @@ def _cached(recipe: Recipe, stage: Stage, key: str, parent: str) -> StageOutcome
 
 @task(name="train-stage")
 def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list[BackboneOutcome],
-                parent_run_id: str | None, force: bool) -> StageOutcome:
+                parent_run_id: str | None, force: bool,
+                previous_version: str | None = None) -> StageOutcome:
+    """Train (or reuse) one stage. Inside a pipeline `previous_version` is the version its
+    previous stage just produced; alone, the registry's newest one is looked up."""
     logger = get_run_logger()
-    parent = parent_of(recipe, stage, data, backbones)
+    if previous_version is not None and recipe.previous_stage(stage) is not None:
+        parent = previous_version
+    else:
+        parent = parent_of(recipe, stage, data, backbones)
     key = fingerprint(stage, recipe.model, parent, data.version)
     if not force and (hit := _cached(recipe, stage, key, parent)):
         logger.info("%s: unchanged, reusing version %s", stage.name, hit.version)
@@ -109,7 +116,7 @@ def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list
                              **{f"trainable_{g}": n for g, n in counts.items()}})
         run = run_stage(model, processor, stage, data.shards, loop_config(stage.train, recipe.seed),
                         max_length=recipe.model.max_length,
-                        on_log=lambda step, row: registry.log_metrics(row, step=step))
+                        on_log=StepLogger(stage.train.steps, f"{recipe.name}-{stage.name}"))
         seconds = time.perf_counter() - start
         samples = quick_eval_samples(data)
         suite = evaluate_suite(model, ChatEncoder(processor, recipe.model.max_length), samples,
@@ -150,9 +157,13 @@ def stage_report(recipe: Recipe, kind: str, data: DataVersion, outcomes: list[St
 def _stage_flow(kind: str):
     @flow(name=kind)
     def stage_flow(recipe: Recipe, data: DataVersion, backbones: list[BackboneOutcome],
-                   parent_run_id: str | None = None, force: bool = False) -> list[StageOutcome]:
-        outcomes = [train_stage(recipe, stage, data, backbones, parent_run_id, force)
-                    for stage in recipe.stages_of(kind)]
+                   parent_run_id: str | None = None, force: bool = False,
+                   previous_version: str | None = None) -> list[StageOutcome]:
+        outcomes: list[StageOutcome] = []
+        for stage in recipe.stages_of(kind):
+            outcomes.append(train_stage(recipe, stage, data, backbones, parent_run_id, force,
+                                        previous_version))
+            previous_version = outcomes[-1].version
         if outcomes:
             publish_markdown(f"{recipe.name}-{kind}", stage_report(recipe, kind, data, outcomes),
                              f"{kind} stages of {recipe.name}")

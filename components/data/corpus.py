@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from components.data.manifest import manifest_row, write_manifest
 from components.data.params import SOURCES, DataParams
 from components.data.sample import Sample
 from components.data.shards import write_shard
+from components.progress import progress
 
 Generator = Callable[[int, int, str, int], Sample]
 
@@ -109,10 +110,20 @@ def run_jobs(
     workers = workers or os.cpu_count() or 1
     args = [(job, str(out_dir)) for job in jobs]
     _warm_up()
-    if workers <= 1 or len(jobs) <= 1:
-        return [_build(a) for a in args]
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        return list(pool.map(_build, args))
+    with progress(total=len(jobs), desc="shards", unit="shard") as bar:
+        if workers <= 1 or len(jobs) <= 1:
+            return [_done(_build(a), bar) for a in args]
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+            futures = [pool.submit(_build, a) for a in args]
+            for future in as_completed(futures):
+                future.result()  # the first failure stops the bar here
+                bar.update()
+            return [f.result() for f in futures]
+
+
+def _done(result: Any, bar) -> Any:
+    bar.update()
+    return result
 
 
 def _clear_split(out_dir: Path, split: str) -> None:
@@ -145,6 +156,13 @@ def write_splits(
         rows[split] = [row for _ in plans[split] for row in next(results)]
         write_manifest(rows[split], out_dir / "manifests" / f"{split}.jsonl")
     return rows
+
+
+def write_split(
+    params: DataParams, split: str, out_dir: str | Path, workers: int | None = None
+) -> list[dict[str, Any]]:
+    """Write ``out_dir/{split}/{source}-{shard:04d}.tar`` and ``out_dir/manifests/{split}.jsonl``."""
+    return write_splits(params, [split], out_dir, workers)[split]
 
 
 def generate_corpus(

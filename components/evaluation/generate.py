@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
+from components.progress import progress
 from components.training.batching import ChatEncoder, collate
 
 
@@ -23,7 +24,8 @@ def generate_answers(
     tokenizer = encoder.tokenizer
     model.eval()
     answers: list[str] = []
-    for start in range(0, len(prompts), batch_size):
+    starts = range(0, len(prompts), batch_size)
+    for start in progress(starts, desc="generate", unit="batch"):
         chunk = prompts[start : start + batch_size]
         batch = collate([encoder.prompt(m, imgs) for m, imgs in chunk], tokenizer.pad_token_id, "left")
         batch.pop("labels")

@@ -1,5 +1,7 @@
 """LAVE-style VQA judge (Mañas et al., "Improving Automatic VQA Evaluation Using Large
-Language Models", AAAI 2024) with a local causal LM: no API key, no network.
+Language Models", AAAI 2024) on a pluggable backend: a local causal LM (``LocalJudge``, no API
+key, no network) or any OpenAI-compatible chat-completions endpoint (``OpenAIJudge``: OpenAI,
+vLLM, llama.cpp server, Ollama, ...).
 
 The judge reads the question, the reference answers and the candidate answer, writes a short
 rationale and ends with ``So rating=N`` on LAVE's scale: 1 incorrect or irrelevant,
@@ -7,9 +9,12 @@ rationale and ends with ``So rating=N`` on LAVE's scale: 1 incorrect or irreleva
 {0, 0.5, 1}. As in LAVE, a candidate that equals a reference after the VQA answer
 normalization is rated 3 without asking the model.
 
-Any ``AutoModelForCausalLM`` directory serves as the judge (its tokenizer's chat template is
-used when it has one). Judgments are cached on disk under a hash of (judge model id,
-prompt), so rerunning an evaluation asks the model only about new answers.
+Any ``AutoModelForCausalLM`` directory serves as a local judge (its tokenizer's chat template is
+used when it has one). An HTTP judge sends the same LAVE prompt as one user message with
+temperature 0 (stdlib ``urllib`` only; an API key is read from an environment variable when
+one is named and set, never required). Judgments of either backend are cached on disk under a
+hash of (backend, judge model id, prompt), so rerunning an evaluation asks the model only about
+new answers.
 
 A judge is only as good as its model: the tiny randomly initialised Llama of the tests shows
 that the path runs end to end offline and that outputs are parsed right, not that its
@@ -23,8 +28,11 @@ import hashlib
 import json
 import os
 import re
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,12 +41,16 @@ from components.evaluation.vqa_metrics import normalize_answer
 __all__ = [
     "DEMONSTRATIONS",
     "INSTRUCTIONS",
+    "JUDGE_BACKENDS",
     "JudgeCache",
+    "JudgeError",
     "JudgeItem",
     "Judgment",
     "LocalJudge",
+    "OpenAIJudge",
     "judge_summary",
     "lave_prompt",
+    "make_judge",
     "parse_rating",
     "rating_score",
 ]
@@ -179,12 +191,69 @@ def directory_fingerprint(directory: Path) -> str:
     return h.hexdigest()[:16]
 
 
-class LocalJudge:
+class JudgeError(RuntimeError):
+    """A judge backend failed to answer (endpoint unreachable, HTTP error, malformed reply)."""
+
+
+class _Judge:
+    """The LAVE judging loop shared by the backends. A backend sets ``backend``, ``model_id``,
+    ``cache``, ``batch_size`` and ``exact_match_shortcut`` and implements ``render`` (the exact
+    text the model is given, which is also the cache key) and ``generate``."""
+
+    backend: str
+    model_id: str
+    cache: JudgeCache | None
+    batch_size: int
+    exact_match_shortcut: bool
+
+    @property
+    def cache_id(self) -> str:
+        """The judge's identity in the cache: backend and model id."""
+        return f"{self.backend}:{self.model_id}"
+
+    def render(self, item: JudgeItem) -> str:
+        raise NotImplementedError
+
+    def generate(self, prompts: Sequence[str]) -> list[str]:
+        raise NotImplementedError
+
+    def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
+        """A judgment per item: exact matches short-circuit, then the cache, then the model
+        (asked ``batch_size`` prompts at a time; each batch is cached as soon as it returns)."""
+        results: list[Judgment | None] = [None] * len(items)
+        todo: dict[str, list[int]] = {}  # rendered prompt -> item indices
+        for i, item in enumerate(items):
+            _check(item, i)
+            if self.exact_match_shortcut:
+                pred = normalize_answer(item.prediction)
+                if pred and any(pred == normalize_answer(r) for r in item.references):
+                    results[i] = Judgment(3, "", "exact_match")
+                    continue
+            prompt = self.render(item)
+            cached = self.cache.get(self.cache_id, prompt) if self.cache else None
+            if cached is not None:
+                results[i] = Judgment(parse_rating(cached), cached, "cache")
+            else:
+                todo.setdefault(prompt, []).append(i)
+        prompts = list(todo)
+        for start in range(0, len(prompts), self.batch_size):
+            chunk = prompts[start : start + self.batch_size]
+            for prompt, output in zip(chunk, self.generate(chunk), strict=True):
+                if self.cache:
+                    self.cache.put(self.cache_id, prompt, output)
+                for i in todo[prompt]:
+                    results[i] = Judgment(parse_rating(output), output, "model")
+        return [r for r in results if r is not None]
+
+
+class LocalJudge(_Judge):
     """A LAVE judge backed by a local ``AutoModelForCausalLM`` directory, greedy decoding.
 
     ``model_id`` names the judge in the cache key; by default it is the directory's resolved
     path, a fingerprint of its files and the generation settings.
     """
+
+    backend = "local"
 
     def __init__(self, model_dir: str | Path, *, cache_dir: str | Path | None = None,
                  model_id: str | None = None, max_new_tokens: int = 48, batch_size: int = 8,
@@ -250,30 +319,111 @@ class LocalJudge:
                 outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
         return outputs
 
-    def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
-        """A judgment per item: exact matches short-circuit, then the cache, then the model."""
-        results: list[Judgment | None] = [None] * len(items)
-        todo: dict[str, list[int]] = {}  # rendered prompt -> item indices
-        for i, item in enumerate(items):
-            _check(item, i)
-            if self.exact_match_shortcut:
-                pred = normalize_answer(item.prediction)
-                if pred and any(pred == normalize_answer(r) for r in item.references):
-                    results[i] = Judgment(3, "", "exact_match")
-                    continue
-            prompt = self.render(item)
-            cached = self.cache.get(self.model_id, prompt) if self.cache else None
-            if cached is not None:
-                results[i] = Judgment(parse_rating(cached), cached, "cache")
-            else:
-                todo.setdefault(prompt, []).append(i)
-        prompts = list(todo)
-        for prompt, output in zip(prompts, self.generate(prompts) if prompts else [], strict=True):
-            if self.cache:
-                self.cache.put(self.model_id, prompt, output)
-            for i in todo[prompt]:
-                results[i] = Judgment(parse_rating(output), output, "model")
-        return [r for r in results if r is not None]
+
+class OpenAIJudge(_Judge):
+    """A LAVE judge behind an OpenAI-compatible endpoint: ``POST {base_url}/chat/completions``
+    with the LAVE prompt as one user message, temperature 0 and ``max_tokens``.
+
+    ``base_url`` is the API root (e.g. ``https://api.openai.com/v1`` or
+    ``http://127.0.0.1:8000/v1``). ``api_key_env`` names an environment variable holding a key
+    sent as ``Authorization: Bearer``; when it is unset (or not named) no key is sent.
+    ``model_id`` names the judge in the cache key; by default the endpoint, the model name and
+    the generation settings. ``batch_size`` requests run concurrently.
+    """
+
+    backend = "openai"
+
+    def __init__(self, model: str, base_url: str, *, cache_dir: str | Path | None = None,
+                 model_id: str | None = None, max_new_tokens: int = 48, batch_size: int = 8,
+                 exact_match_shortcut: bool = True, api_key_env: str | None = None,
+                 timeout_s: float = 60.0):
+        if not model:
+            raise ValueError("judge model: an OpenAI-compatible judge needs a model name")
+        if not base_url or not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"judge base_url must be an http(s) URL, got {base_url!r}")
+        if max_new_tokens < 1 or batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be at least 1")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.endpoint = f"{self.base_url}/chat/completions"
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.exact_match_shortcut = exact_match_shortcut
+        self.api_key_env = api_key_env
+        self.timeout_s = timeout_s
+        self.model_id = model_id or (f"{self.base_url}|{model}|temperature=0"
+                                     f"|max_tokens={max_new_tokens}")
+        self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
+
+    def render(self, item: JudgeItem) -> str:
+        """The user message sent (the endpoint applies the model's chat template)."""
+        return lave_prompt(item)
+
+    def request_body(self, prompt: str) -> dict:
+        return {"model": self.model, "messages": [{"role": "user", "content": prompt}],
+                "temperature": 0, "max_tokens": self.max_new_tokens}
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def complete(self, prompt: str) -> str:
+        """One chat completion: the first choice's message content, stripped."""
+        data = json.dumps(self.request_body(prompt)).encode()
+        request = urllib.request.Request(self.endpoint, data=data, headers=self._headers(),
+                                         method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read()[:500].decode("utf-8", "replace").strip() if exc.fp else ""
+            raise JudgeError(f"judge endpoint {self.endpoint}: HTTP {exc.code} {exc.reason}"
+                             + (f": {detail}" if detail else "")) from exc
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise JudgeError(f"judge endpoint {self.endpoint}: request failed ({reason})") from exc
+        try:
+            content = json.loads(raw)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise JudgeError(f"judge endpoint {self.endpoint}: reply is not a chat completion "
+                             f"({raw[:200]!r})") from exc
+        if content is not None and not isinstance(content, str):
+            raise JudgeError(f"judge endpoint {self.endpoint}: message content is not text")
+        return (content or "").strip()
+
+    def generate(self, prompts: Sequence[str]) -> list[str]:
+        """Completions of the prompts, up to ``batch_size`` requests at a time."""
+        if len(prompts) <= 1:
+            return [self.complete(p) for p in prompts]
+        with ThreadPoolExecutor(max_workers=min(self.batch_size, len(prompts))) as pool:
+            return list(pool.map(self.complete, prompts))
+
+
+JUDGE_BACKENDS = ("local", "openai")
+
+
+def make_judge(backend: str, model: str, *, base_url: str | None = None,
+               api_key_env: str | None = None, timeout_s: float = 60.0,
+               **kwargs) -> LocalJudge | OpenAIJudge:
+    """A judge of the named backend: ``local`` (``model`` is a model directory) or ``openai``
+    (``model`` is the endpoint's model name, ``base_url`` its API root). ``kwargs`` go to
+    both (``cache_dir``, ``model_id``, ``max_new_tokens``, ``batch_size``,
+    ``exact_match_shortcut``)."""
+    if backend == "local":
+        if base_url is not None or api_key_env is not None:
+            raise ValueError("base_url and api_key_env apply to the openai judge backend only")
+        return LocalJudge(model, **kwargs)
+    if backend == "openai":
+        if base_url is None:
+            raise ValueError("the openai judge backend needs a base_url")
+        return OpenAIJudge(model, base_url, api_key_env=api_key_env, timeout_s=timeout_s,
+                           **kwargs)
+    raise ValueError(f"unknown judge backend {backend!r}; expected one of {JUDGE_BACKENDS}")
 
 
 def judge_summary(judgments: Sequence[Judgment]) -> dict[str, float]:

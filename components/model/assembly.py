@@ -43,8 +43,10 @@ def assemble_idefics3(
     tokenizer: PreTrainedTokenizerBase,
     *,
     scale_factor: int,
+    seed: int = 0,
 ) -> Idefics3ForConditionalGeneration:
-    """Build the VLM and copy both backbones' weights into it."""
+    """Build the VLM and copy both backbones' weights into it; only the connector is new,
+    initialised from ``seed`` (not from whatever state the global RNG happens to be in)."""
     n_patches = (vision.config.image_size // vision.config.patch_size)
     if n_patches % scale_factor:
         raise ValueError(f"{n_patches} patches per side not divisible by scale_factor {scale_factor}")
@@ -63,7 +65,7 @@ def assemble_idefics3(
     _copy_exact(model.model.vision_model, vision_state, "vision")
     _copy_exact(model.model.text_model, lm.model.state_dict(), "language model")
     model.lm_head.load_state_dict(lm.lm_head.state_dict())
-    _init_connector(model, lm)
+    _init_connector(model, lm, torch.Generator().manual_seed(seed))
 
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -72,10 +74,11 @@ def assemble_idefics3(
 
 
 @torch.no_grad()
-def _init_connector(model: Idefics3ForConditionalGeneration, lm: PreTrainedModel) -> None:
+def _init_connector(model: Idefics3ForConditionalGeneration, lm: PreTrainedModel,
+                    generator: torch.Generator) -> None:
     """Scale the projection so image tokens start at the norm of the LM's word embeddings."""
     proj = model.model.connector.modality_projection.proj
-    torch.nn.init.normal_(proj.weight, std=1.0 / proj.in_features**0.5)
+    torch.nn.init.normal_(proj.weight, std=1.0 / proj.in_features**0.5, generator=generator)
     emb_std = lm.get_input_embeddings().weight.std().item()
     proj.weight.mul_(emb_std)
 

@@ -22,6 +22,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
 
+from components.progress import progress
+
 Objective = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
 LogFn = Callable[[int, dict[str, float]], None]
 
@@ -99,6 +101,7 @@ def train(
     extra: dict[str, float] = {}
     t_start = t_window = time.perf_counter()
     stream = _shard(_cycle(batches), accel.process_index, accel.num_processes)
+    bar = progress(total=cfg.steps, desc="train", unit="step", enabled=accel.is_main_process)
     while result.steps < cfg.steps:
         for _ in range(cfg.grad_accum):
             batch = {k: v.to(accel.device) for k, v in next(stream).items()}
@@ -118,6 +121,8 @@ def train(
                 extra[k] = extra.get(k, 0.0) + v
         scheduler.step()
         result.steps += 1
+        bar.set_postfix(loss=f"{window['loss'] / max(window['micro'], 1):.4f}", refresh=False)
+        bar.update()
         if result.steps % cfg.log_every == 0 or result.steps == cfg.steps:
             dt = time.perf_counter() - t_window
             window, extra = _reduce_window(accel, window, extra)
@@ -135,6 +140,7 @@ def train(
             window = {"loss": 0.0, "samples": 0, "tokens": 0, "micro": 0}
             extra = {}
             t_window = time.perf_counter()
+    bar.close()
     result.seconds = time.perf_counter() - t_start
     if accel.num_processes > 1:
         total = torch.tensor([result.samples], dtype=torch.float64, device=accel.device)

@@ -1,10 +1,13 @@
 """LAVE-style judge: parsing hand-written judge outputs, the prompt, the exact-match
-short-circuit, and the whole path offline with a tiny randomly initialised Llama (its ratings
-mean nothing; the test shows the path runs and the disk cache answers the second time)."""
+short-circuit, the whole path offline with a tiny randomly initialised Llama (its ratings
+mean nothing; the test shows the path runs and the disk cache answers the second time), and
+the OpenAI-compatible HTTP backend against a canned local server."""
 
 from __future__ import annotations
 
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -12,11 +15,14 @@ from components.evaluation.judge import (
     DEMONSTRATIONS,
     INSTRUCTIONS,
     JudgeCache,
+    JudgeError,
     JudgeItem,
     Judgment,
     LocalJudge,
+    OpenAIJudge,
     judge_summary,
     lave_prompt,
+    make_judge,
     parse_rating,
     rating_score,
 )
@@ -141,3 +147,137 @@ def test_judge_rejects_bad_input(tiny_judge_dir, tmp_path):
     judge = LocalJudge(tiny_judge_dir, exact_match_shortcut=False)
     with pytest.raises(ValueError, match="judge item 1: references must be a non-empty list"):
         judge.judge([ITEMS[0], JudgeItem("Q?", (), "a")])
+
+
+class _CannedChatServer:
+    """An OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1 (free port) that answers
+    from ``replies`` (candidate answer -> completion text, or an int HTTP status) and records
+    every request (path, headers, JSON body)."""
+
+    def __init__(self, replies: dict[str, str | int]):
+        self.replies = replies
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, "headers": dict(self.headers),
+                                        "body": body})
+                prompt = body["messages"][-1]["content"]
+                candidate = prompt.rsplit("Candidate answer: '", 1)[1].split("'\n", 1)[0]
+                reply = server.replies.get(candidate, 500)
+                if self.path != "/v1/chat/completions" or isinstance(reply, int):
+                    status = 404 if isinstance(reply, str) else reply
+                    payload = json.dumps({"error": {"message": "canned failure"}}).encode()
+                else:
+                    status = 200
+                    payload = json.dumps({"object": "chat.completion", "choices": [
+                        {"index": 0, "message": {"role": "assistant", "content": reply},
+                         "finish_reason": "stop"}]}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+HTTP_ITEMS = [
+    JudgeItem("What colour is the circle?", ("red",), "Red."),  # exact match: never sent
+    JudgeItem("Where is the blue square?", ("top left",), "top left corner"),
+    JudgeItem("How many circles are there?", ("2",), "three"),
+    JudgeItem("Where is the blue square?", ("top left",), "top left corner"),  # same prompt
+]
+CANNED = {"top left corner": "The candidate names the same corner. So rating=3",
+          "three": "The count differs from the references. So rating=1"}
+
+
+def test_openai_judge_parses_ratings_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLMFORGE_TEST_JUDGE_KEY", "sk-test")
+    cache_dir = tmp_path / "cache"
+    with _CannedChatServer(CANNED) as server:
+        judge = OpenAIJudge("judge-llm", server.base_url + "/", cache_dir=cache_dir,
+                            max_new_tokens=32, api_key_env="VLMFORGE_TEST_JUDGE_KEY",
+                            timeout_s=10)
+        first = judge.judge(HTTP_ITEMS)
+        assert [j.source for j in first] == ["exact_match", "model", "model", "model"]
+        assert [j.rating for j in first] == [3, 3, 1, 3]
+        assert [j.score for j in first] == [1.0, 1.0, 0.0, 1.0]
+        assert first[1].output == CANNED["top left corner"]
+
+        assert len(server.requests) == 2  # one per distinct prompt, none for the exact match
+        for request, item in zip(server.requests, HTTP_ITEMS[1:3], strict=False):
+            assert request["path"] == "/v1/chat/completions"
+            assert request["headers"]["Authorization"] == "Bearer sk-test"
+            assert request["body"] == {
+                "model": "judge-llm", "temperature": 0, "max_tokens": 32,
+                "messages": [{"role": "user", "content": lave_prompt(item)}]}
+        assert len(list(cache_dir.rglob("*.json"))) == 2
+
+        again = OpenAIJudge("judge-llm", server.base_url, cache_dir=cache_dir,
+                            max_new_tokens=32).judge(HTTP_ITEMS)
+        assert [j.source for j in again] == ["exact_match", "cache", "cache", "cache"]
+        assert [j.rating for j in again] == [3, 3, 1, 3]
+        assert len(server.requests) == 2  # served from the cache: the server saw nothing new
+
+        # no key env named (or named but unset): no Authorization header, nothing required
+        monkeypatch.delenv("VLMFORGE_TEST_JUDGE_KEY")
+        other_model = make_judge("openai", "other-llm", base_url=server.base_url,
+                                 api_key_env="VLMFORGE_TEST_JUDGE_KEY", cache_dir=cache_dir)
+        assert other_model.judge(HTTP_ITEMS[2:3])[0].source == "model"  # another cache key
+        assert len(server.requests) == 3
+        assert "Authorization" not in server.requests[-1]["headers"]
+        assert server.requests[-1]["body"]["model"] == "other-llm"
+
+
+def test_cache_keys_differ_by_backend(tmp_path):
+    http = OpenAIJudge("m", "http://127.0.0.1:9/v1", model_id="same-id")
+    assert http.cache_id == "openai:same-id"
+    local = LocalJudge.__new__(LocalJudge)
+    local.model_id = "same-id"
+    assert local.cache_id == "local:same-id" != http.cache_id
+
+
+def test_openai_judge_reports_http_errors(tmp_path):
+    with _CannedChatServer({**CANNED, "three": 500}) as server:
+        judge = OpenAIJudge("judge-llm", server.base_url, cache_dir=tmp_path, timeout_s=10)
+        endpoint = f"{server.base_url}/chat/completions"
+        with pytest.raises(JudgeError, match=rf"judge endpoint {endpoint}: HTTP 500 .*canned"):
+            judge.judge(HTTP_ITEMS[2:3])
+        assert not list(tmp_path.rglob("*.json"))  # a failure is not cached
+        wrong_root = OpenAIJudge("judge-llm", server.base_url.removesuffix("/v1"),
+                                 timeout_s=10)
+        with pytest.raises(JudgeError, match="HTTP 404"):
+            wrong_root.judge(HTTP_ITEMS[1:2])
+    with pytest.raises(JudgeError, match=rf"judge endpoint {endpoint}: request failed"):
+        judge.judge(HTTP_ITEMS[2:3])  # the server is gone
+
+
+def test_make_judge_and_openai_judge_reject_bad_config(tiny_judge_dir):
+    assert isinstance(make_judge("local", str(tiny_judge_dir)), LocalJudge)
+    with pytest.raises(ValueError, match="unknown judge backend 'anthropic'"):
+        make_judge("anthropic", "m")
+    with pytest.raises(ValueError, match="needs a base_url"):
+        make_judge("openai", "m")
+    with pytest.raises(ValueError, match="openai judge backend only"):
+        make_judge("local", str(tiny_judge_dir), base_url="http://127.0.0.1:1/v1")
+    with pytest.raises(ValueError, match="http"):
+        OpenAIJudge("m", "127.0.0.1:8000/v1")
+    with pytest.raises(ValueError, match="at least 1"):
+        OpenAIJudge("m", "http://127.0.0.1:1/v1", max_new_tokens=0)

@@ -12,8 +12,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from flows.ui import answers, free_port
 
 READY_TIMEOUT_S = 300
@@ -41,7 +39,6 @@ def _group_members(pgid: int) -> list[int]:
     return out
 
 
-@pytest.mark.slow
 def test_ui_serves_mlflow_and_prefect_and_ctrl_c_stops_both(tmp_path):
     mlflow_port, prefect_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items()

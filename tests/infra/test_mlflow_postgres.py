@@ -1,10 +1,16 @@
 """MLflow tracking server on a PostgreSQL backend (as in infra/compose and infra/k8s):
 runs only where PostgreSQL's server binaries exist. Starts a throwaway cluster and
 `mlflow server --app-name basic-auth` on 127.0.0.1, logs a run with credentials, and
-finds it in PostgreSQL."""
+finds it in PostgreSQL. The slow tests (`-m slow`, ~2.5 and ~3 min on a busy 2-core machine)
+run `vlmforge run --recipe configs/micro.yaml` against a plain `mlflow server` on a database
+of their own: once, and twice at the same time, then read runs, registered versions, their
+lineage tags and the `champion` alias straight from PostgreSQL's tables."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 import os
 import shutil
 import socket
@@ -14,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,25 +82,21 @@ def postgres():
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(postgres, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mlflow-server")
+@contextlib.contextmanager
+def _mlflow_server(pg_port: int, database: str, tmp: Path, env: dict | None = None,
+                   extra: tuple[str, ...] = ()) -> Iterator[str]:
+    """`mlflow server` on 127.0.0.1 with ``database`` as its backend store and artifacts
+    proxied into ``tmp/artifacts``; yields its URL."""
     port = _free_port()
-    auth = tmp / "basic_auth.ini"
-    auth.write_text("[mlflow]\ndefault_permission = READ\n"
-                    f"database_uri = postgresql+psycopg2://vlmforge@127.0.0.1:{postgres}/mlflow_auth\n"
-                    f"admin_username = {ADMIN}\nadmin_password = {PASSWORD}\n"
-                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
-    env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(auth),
-               MLFLOW_FLASK_SERVER_SECRET_KEY="vlmforge-test-csrf-key")
+    env = dict(env or os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(tmp / "server.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"postgresql+psycopg2://vlmforge@127.0.0.1:{postgres}/mlflow",
-         "--artifacts-destination", (tmp / "artifacts").as_uri(), "--serve-artifacts",
-         "--app-name", "basic-auth"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+         "--backend-store-uri", f"postgresql+psycopg2://vlmforge@127.0.0.1:{pg_port}/{database}",
+         "--artifacts-destination", (tmp / "artifacts").as_uri(), "--serve-artifacts", *extra],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
@@ -114,6 +117,30 @@ def mlflow_server(postgres, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def _create_database(pg_port: int, name: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=pg_port, user="vlmforge", dbname="postgres")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mlflow-server")
+    auth = tmp / "basic_auth.ini"
+    auth.write_text("[mlflow]\ndefault_permission = READ\n"
+                    f"database_uri = postgresql+psycopg2://vlmforge@127.0.0.1:{postgres}/mlflow_auth\n"
+                    f"admin_username = {ADMIN}\nadmin_password = {PASSWORD}\n"
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    env = dict(os.environ, MLFLOW_AUTH_CONFIG_PATH=str(auth),
+               MLFLOW_FLASK_SERVER_SECRET_KEY="vlmforge-test-csrf-key")
+    with _mlflow_server(postgres, "mlflow", tmp, env, ("--app-name", "basic-auth")) as url:
+        yield url
 
 
 def test_requests_without_credentials_are_refused(mlflow_server):
@@ -145,3 +172,181 @@ def test_run_is_logged_to_postgres(mlflow_server, postgres, monkeypatch, tmp_pat
         with conn.cursor() as cur:
             cur.execute("SELECT status FROM runs WHERE run_uuid = %s", (run.info.run_id,))
             assert cur.fetchone() == ("FINISHED",)
+
+
+# The micro pipeline against a tracking server on PostgreSQL (`vlmforge run` in subprocesses,
+# as a user would run it): each test gets a database and a server of its own.
+
+REPO = Path(__file__).resolve().parents[2]
+MICRO = REPO / "configs" / "micro.yaml"
+MODEL, STAGES = "vlm-micro", ["pretrain-32px", "pretrain-64px", "sft", "align"]
+BACKBONES = {"vision-micro", "lm-micro"}
+
+
+def _start_pipeline(url: str, home: Path) -> tuple[subprocess.Popen, Path]:
+    """`vlmforge run --recipe configs/micro.yaml` with its own VLMFORGE_HOME (DVC workspace,
+    Prefect home) and MLflow at ``url``; nothing of the test's own environment leaks in."""
+    env = dict(os.environ, VLMFORGE_HOME=str(home), MLFLOW_TRACKING_URI=url, OMP_NUM_THREADS="1")
+    for key in ("PREFECT_HOME", "PREFECT_API_URL", "MLFLOW_TRACKING_USERNAME",
+                "MLFLOW_TRACKING_PASSWORD", "MLFLOW_REGISTRY_URI"):
+        env.pop(key, None)
+    home.mkdir(parents=True)
+    log_path = home.with_name(home.name + ".log")
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("vlmforge")), "run",
+                                 "--recipe", str(MICRO)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    return proc, log_path
+
+
+def _finish(proc: subprocess.Popen, log_path: Path, timeout: float = 900) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, f"vlmforge run failed ({proc.returncode}):\n" + log_path.read_text()[-4000:]
+
+
+class _Pg:
+    """Read-only queries on MLflow's tables in PostgreSQL."""
+
+    def __init__(self, port: int, database: str):
+        import psycopg2
+
+        self.conn = psycopg2.connect(host="127.0.0.1", port=port, user="vlmforge", dbname=database)
+        self.conn.autocommit = True
+
+    def rows(self, sql: str, *args) -> list[tuple]:
+        with self.conn.cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        return dict(self.rows("SELECT key, value FROM tags WHERE run_uuid = %s", run_id))
+
+    def version_tags(self, name: str, version: int | str) -> dict[str, str]:
+        return dict(self.rows("SELECT key, value FROM model_version_tags WHERE name = %s "
+                              "AND version = %s", name, int(version)))
+
+    def version_run(self, name: str, version: int | str) -> str:
+        return self.rows("SELECT run_id FROM model_versions WHERE name = %s AND version = %s",
+                         name, int(version))[0][0]
+
+    def pipeline_runs(self) -> list[str]:
+        return [r for (r,) in self.rows("SELECT run_uuid FROM runs WHERE name = 'pipeline-micro' "
+                                        "AND status = 'FINISHED' ORDER BY start_time")]
+
+    def champion(self, name: str = MODEL) -> int | None:
+        got = self.rows("SELECT version FROM registered_model_aliases WHERE name = %s "
+                        "AND alias = 'champion'", name)
+        return got[0][0] if got else None
+
+    def lineage(self, final_version: str) -> tuple[list[tuple[str, int, str]], dict[str, int]]:
+        """Walk `parent_version` tags from ``final_version`` back to the backbones: the
+        (stage, version, run_id) chain, first stage first, and the backbone versions."""
+        chain, version = [], final_version
+        while not version.startswith("backbones:"):
+            tags = self.version_tags(MODEL, version)
+            chain.append((tags["stage"], int(version), self.version_run(MODEL, version)))
+            version = tags["parent_version"]
+        backbones = dict(item.split("=") for item in version.removeprefix("backbones:").split(","))
+        return chain[::-1], {k: int(v) for k, v in backbones.items()}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.mark.slow
+def test_micro_pipeline_lands_in_postgres(postgres, tmp_path):
+    """Runs, registered versions and the `champion` alias of a whole `vlmforge run` end up in
+    PostgreSQL; artifacts in the server's artifact store; nothing in the local home."""
+    from mlflow import MlflowClient
+
+    _create_database(postgres, "mlflow_pipeline")
+    with _mlflow_server(postgres, "mlflow_pipeline", tmp_path) as url:
+        proc, log = _start_pipeline(url, tmp_path / "home")
+        _finish(proc, log)
+        pg = _Pg(postgres, "mlflow_pipeline")
+        try:
+            (pipeline_run,) = pg.pipeline_runs()
+            run_tags = pg.run_tags(pipeline_run)
+            chain, backbones = pg.lineage(run_tags["final_version"])
+            assert [stage for stage, _, _ in chain] == STAGES
+            assert set(backbones) == BACKBONES
+            for _, _, run_id in chain:  # every stage trained inside this pipeline run
+                assert pg.run_tags(run_id)["mlflow.parentRunId"] == pipeline_run
+            for name, version in backbones.items():
+                assert pg.run_tags(pg.version_run(name, version))["mlflow.parentRunId"] == pipeline_run
+            versions = pg.rows("SELECT version, status FROM model_versions WHERE name = %s", MODEL)
+            assert sorted(versions) == [(v, "READY") for _, v, _ in chain]
+            assert pg.champion() == int(run_tags["champion"]) == chain[-1][1]
+            statuses = dict(pg.rows("SELECT status, count(*) FROM runs GROUP BY status"))
+            assert set(statuses) == {"FINISHED"} and statuses["FINISHED"] >= 1 + len(STAGES) + 2
+            final_run = chain[-1][2]
+            artifacts = {a.path for a in MlflowClient(tracking_uri=url).list_artifacts(final_run)}
+            assert "model_card.md" in artifacts
+        finally:
+            pg.close()
+    assert (tmp_path / "artifacts").is_dir() and any((tmp_path / "artifacts").rglob("model_card.md"))
+    home = tmp_path / "home"
+    assert not (home / "mlflow.db").exists() and not (home / "mlartifacts").exists()
+    assert (home / "data" / "micro" / "dvc.lock").exists()  # the data stays in the home's DVC repo
+
+
+@pytest.mark.slow
+def test_two_pipelines_at_once_share_server_without_clobbering(postgres, tmp_path):
+    """Two `vlmforge run`s started together against one server (one PostgreSQL store, one
+    artifact store, one registered model name), each with its own home (DVC workspace and
+    Prefect): both finish; a version a pipeline trains starts from the version its own
+    previous stage produced (a stage or backbone the other pipeline registered first may be
+    reused: same cache key); every run FINISHED, every version READY, and `champion` ends on
+    the final version of one of the two."""
+    _create_database(postgres, "mlflow_concurrent")
+    with _mlflow_server(postgres, "mlflow_concurrent", tmp_path) as url:
+        started = [_start_pipeline(url, tmp_path / f"home-{i}") for i in (0, 1)]
+        for proc, log in started:
+            _finish(proc, log)
+    pg = _Pg(postgres, "mlflow_concurrent")
+    try:
+        pipelines = pg.pipeline_runs()
+        assert len(pipelines) == 2
+        finals, report, races = {}, {}, []
+        for pipeline_run in pipelines:
+            run_tags = pg.run_tags(pipeline_run)
+            chain, backbones = pg.lineage(run_tags["final_version"])
+            assert [stage for stage, _, _ in chain] == STAGES
+            assert set(backbones) == BACKBONES
+            finals[pipeline_run] = chain[-1][1]
+            # what this pipeline trained itself: versions whose run is a child of its run
+            trained = {(name, stage): str(version) for name, version, stage in pg.rows(
+                "SELECT mv.name, mv.version, vt.value FROM model_versions mv "
+                "JOIN tags t ON t.run_uuid = mv.run_id AND t.key = 'mlflow.parentRunId' "
+                "JOIN model_version_tags vt ON vt.name = mv.name AND vt.version = mv.version "
+                "AND vt.key = 'stage' WHERE t.value = %s", pipeline_run)}
+            report[pipeline_run] = {
+                "lineage": [f"{stage}=v{v}" for stage, v, _ in chain], "backbones": backbones,
+                "trained": sorted(f"{n}:{s}=v{v}" for (n, s), v in trained.items()),
+                "champion_at_end": run_tags["champion"]}
+            # a version this pipeline trained must start from its own previous stage's version
+            for prev, stage in itertools.pairwise(STAGES):
+                if (MODEL, stage) in trained and (MODEL, prev) in trained:
+                    parent = pg.version_tags(MODEL, trained[(MODEL, stage)])["parent_version"]
+                    if parent != trained[(MODEL, prev)]:
+                        races.append(f"{pipeline_run[:8]}: {stage} v{trained[(MODEL, stage)]} "
+                                     f"starts from {prev} v{parent}, not its own "
+                                     f"v{trained[(MODEL, prev)]}")
+            if (MODEL, STAGES[0]) in trained:
+                parent = pg.version_tags(MODEL, trained[(MODEL, STAGES[0])])["parent_version"]
+                for name in BACKBONES:
+                    own = trained.get((name, "backbones"))
+                    if own and f"{name}={own}" not in parent:
+                        races.append(f"{pipeline_run[:8]}: {STAGES[0]} starts from {parent}, "
+                                     f"not its own {name} v{own}")
+        print(json.dumps(report, indent=1))
+        assert not races, "\n".join(races) + "\n" + json.dumps(report, indent=1)
+        assert pg.rows("SELECT DISTINCT status FROM model_versions") == [("READY",)]
+        assert pg.champion() in finals.values()
+        assert pg.rows("SELECT DISTINCT status FROM runs") == [("FINISHED",)]
+    finally:
+        pg.close()

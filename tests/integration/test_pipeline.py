@@ -72,6 +72,11 @@ def test_every_vlm_version_has_a_model_card_and_every_stage_a_prefect_report(run
     assert {a.key for a in found} == set(keys)
     assert all(a.type == "markdown" and first.stages[0].run_id[:12] in a.data
                for a in found if a.key == f"{recipe.name}-pretrain")
+    progress_key = f"{recipe.name}-{recipe.stages[0].name}-progress"
+    with get_client(sync_client=True) as client:
+        bars = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[progress_key])))
+    assert bars and bars[0].type == "progress" and float(bars[0].data) == 100.0
 
 
 def test_backbones_are_registered_models_of_their_own(runs):
