@@ -112,7 +112,7 @@ def vision_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, fo
     from transformers import AutoTokenizer
 
     spec = recipe.backbones.vision
-    key = fingerprint(spec, data.version)
+    key = fingerprint(spec, data.version, recipe.seed)
     if not force and (hit := _cached(spec.registered_model, key)):
         return hit
     start = time.perf_counter()
@@ -146,7 +146,7 @@ def lm_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, force:
     from transformers import AutoTokenizer
 
     spec = recipe.backbones.text
-    key = fingerprint(spec, data.version)
+    key = fingerprint(spec, data.version, recipe.seed)
     if not force and (hit := _cached(spec.registered_model, key)):
         return hit
     start = time.perf_counter()

@@ -52,7 +52,7 @@ def _upstream(recipe):
     if recipe.backbones is not None:
         for spec in (recipe.backbones.vision, recipe.backbones.text):
             version = registry.find_version(spec.registered_model,
-                                            {"cache_key": fingerprint(spec, data.version)})
+                                            {"cache_key": fingerprint(spec, data.version, recipe.seed)})
             if version is None:
                 raise SystemExit(f"backbone {spec.registered_model!r} not trained on data "
                                  f"{data.version}: run `vlmforge backbones --recipe ...` first")

@@ -152,7 +152,7 @@ def _follower_stage(recipe, stage, data, backbones, force: bool, wait_s: float) 
     from flows.training import parent_of
 
     parent = _retry(lambda: parent_of(recipe, stage, data, backbones), wait_s)
-    key = fingerprint(stage, recipe.model, parent, data.version)
+    key = fingerprint(stage, recipe.model, parent, data.version, recipe.seed)
     before = registry.find_version(recipe.registered_model, {"cache_key": key})
     if not force and before is not None:
         return  # rank 0 reuses the cached version too

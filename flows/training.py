@@ -100,7 +100,7 @@ def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list
         parent = previous_version
     else:
         parent = parent_of(recipe, stage, data, backbones)
-    key = fingerprint(stage, recipe.model, parent, data.version)
+    key = fingerprint(stage, recipe.model, parent, data.version, recipe.seed)
     if not force and (hit := _cached(recipe, stage, key, parent)):
         logger.info("%s: unchanged, reusing version %s", stage.name, hit.version)
         return hit
