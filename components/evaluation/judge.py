@@ -196,15 +196,26 @@ class JudgeError(RuntimeError):
 
 
 class _Judge:
-    """The LAVE judging loop shared by the backends. A backend sets ``backend``, ``model_id``,
-    ``cache``, ``batch_size`` and ``exact_match_shortcut`` and implements ``render`` (the exact
-    text the model is given, which is also the cache key) and ``generate``."""
+    """The LAVE judging loop shared by the backends. A backend sets ``backend``, calls
+    ``_settings`` and implements ``render`` (the exact text the model is given, which is also
+    the cache key) and ``generate``."""
 
     backend: str
     model_id: str
     cache: JudgeCache | None
+    max_new_tokens: int
     batch_size: int
     exact_match_shortcut: bool
+
+    def _settings(self, model_id: str, cache_dir: str | Path | None, max_new_tokens: int,
+                  batch_size: int, exact_match_shortcut: bool) -> None:
+        if max_new_tokens < 1 or batch_size < 1:
+            raise ValueError("max_new_tokens and batch_size must be at least 1")
+        self.model_id = model_id
+        self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+        self.exact_match_shortcut = exact_match_shortcut
 
     @property
     def cache_id(self) -> str:
@@ -262,14 +273,9 @@ class LocalJudge(_Judge):
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"judge model: {self.model_dir} is not a transformers model "
                                     "directory (no config.json)")
-        if max_new_tokens < 1 or batch_size < 1:
-            raise ValueError("max_new_tokens and batch_size must be at least 1")
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.exact_match_shortcut = exact_match_shortcut
-        self.model_id = model_id or (f"{self.model_dir}@{directory_fingerprint(self.model_dir)}"
-                                     f"|greedy|max_new_tokens={max_new_tokens}")
-        self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
+        self._settings(model_id or (f"{self.model_dir}@{directory_fingerprint(self.model_dir)}"
+                                    f"|greedy|max_new_tokens={max_new_tokens}"),
+                       cache_dir, max_new_tokens, batch_size, exact_match_shortcut)
         self._model = None
         self._tokenizer = None
 
@@ -341,21 +347,15 @@ class OpenAIJudge(_Judge):
             raise ValueError("judge model: an OpenAI-compatible judge needs a model name")
         if not base_url or not base_url.startswith(("http://", "https://")):
             raise ValueError(f"judge base_url must be an http(s) URL, got {base_url!r}")
-        if max_new_tokens < 1 or batch_size < 1:
-            raise ValueError("max_new_tokens and batch_size must be at least 1")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.endpoint = f"{self.base_url}/chat/completions"
-        self.max_new_tokens = max_new_tokens
-        self.batch_size = batch_size
-        self.exact_match_shortcut = exact_match_shortcut
         self.api_key_env = api_key_env
         self.timeout_s = timeout_s
-        self.model_id = model_id or (f"{self.base_url}|{model}|temperature=0"
-                                     f"|max_tokens={max_new_tokens}")
-        self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
+        self._settings(model_id or f"{self.base_url}|{model}|temperature=0|max_tokens={max_new_tokens}",
+                       cache_dir, max_new_tokens, batch_size, exact_match_shortcut)
 
     def render(self, item: JudgeItem) -> str:
         """The user message sent (the endpoint applies the model's chat template)."""

@@ -20,17 +20,19 @@ def _image(colour):
     return Image.new("RGB", (64, 64), colour)
 
 
+TWO_IMAGE_CHAT = [
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+    {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And this one?"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "blue"}]},
+    {"role": "user", "content": [{"type": "text", "text": "Same shape?"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
+]
+
+
 def test_labels_cover_exactly_the_assistant_turns_of_a_two_image_three_turn_chat(tokenizer):
     processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And this one?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "blue"}]},
-        {"role": "user", "content": [{"type": "text", "text": "Same shape?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
-    ]
-    enc = ChatEncoder(processor, max_length=512).encode(messages, [_image("red"), _image("blue")])
+    enc = ChatEncoder(processor, max_length=512).encode(TWO_IMAGE_CHAT, [_image("red"), _image("blue")])
     assert enc.pixel_values.shape == (2, 3, 32, 32)
     labelled = [t for t in enc.labels if t != IGNORE]
     eou = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
@@ -77,15 +79,7 @@ def test_collate_pads_text_only_samples_with_zero_images(tokenizer):
 
 def test_label_vector_matches_a_hand_worked_two_image_three_turn_chat_token_by_token(tokenizer):
     processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And this one?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "blue"}]},
-        {"role": "user", "content": [{"type": "text", "text": "Same shape?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
-    ]
-    enc = ChatEncoder(processor, max_length=512).encode(messages, [_image("red"), _image("blue")])
+    enc = ChatEncoder(processor, max_length=512).encode(TWO_IMAGE_CHAT, [_image("red"), _image("blue")])
     # Worked by hand: one 32 px view per image -> <fake><global-img> 4 x <image> <fake>;
     # labelled = each answer and its <end_of_utterance>; everything else (headers, the
     # newline after each answer, images, user turns) is ignored.
