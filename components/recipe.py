@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
-from components.data.params import SOURCES, DataParams
+from components.data.params import SOURCES, TEXT_ONLY_SOURCES, DataParams
 
 
 class _Strict(BaseModel):
@@ -30,6 +30,21 @@ class TrainSettings(_Strict):
     grad_clip: float = 1.0
     grad_accum: int = Field(1, gt=0)
     log_every: int = Field(10, gt=0)
+    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, linear decay to 0
+    decay_fraction: float = Field(0.2, gt=0, le=1)  # wsd: share of the steps spent decaying
+    checkpoint_every: int = Field(0, ge=0)  # accelerate save_state every N steps; 0 = off
+    eval_every: int = Field(0, ge=0)  # val loss + a small generative val eval every N steps; 0 = off
+
+    @model_serializer(mode="wrap")
+    def _omit_default_schedule(self, handler: Any) -> Any:
+        # settings that leave these at their defaults dump (and fingerprint) as before they existed
+        data = handler(self)
+        if isinstance(data, dict):
+            for key, default in (("schedule", "cosine"), ("decay_fraction", 0.2),
+                                 ("checkpoint_every", 0), ("eval_every", 0)):
+                if data.get(key) == default:
+                    data.pop(key)
+        return data
 
 
 class VisionBackbone(_Strict):
@@ -60,16 +75,45 @@ class Backbones(_Strict):
 class ModelSpec(_Strict):
     """Backbones by hub id, local directory, or `registered:<name>` (built by the backbones stage)."""
 
-    architecture: Literal["idefics3"] = "idefics3"
+    architecture: Literal["idefics3", "llava", "idefics2", "idefics"] = "idefics3"
+    # hub id / directory / registered:<name>, or "inline": a tower built from `vision_inline`
     vision: str = "registered:vision-tiny"
+    # with vision: inline, a tower config (SigLIP; CLIP with model_type: clip_vision_model)
+    vision_inline: dict[str, Any] | None = None
     text: str = "registered:lm-tiny"
-    scale_factor: int = Field(2, gt=0)
+    scale_factor: int = Field(2, gt=0)  # idefics3: pixel-shuffle factor
+    resampler_latents: int = Field(16, gt=0)  # idefics2 / idefics: perceiver latents per image
+    resampler_depth: int = Field(2, gt=0)
+    resampler_heads: int = Field(4, gt=0)
+    resampler_head_dim: int | None = Field(None, gt=0)  # None: the width / resampler_heads
+    cross_layer_interval: int = Field(1, gt=0)  # idefics: a gated cross-attention layer every N
+    # llava only: a second vision tower fused per patch (SPHINX), e.g. facebook/dinov2-small
+    fusion_vision: str | None = None
     max_length: int = Field(256, gt=0)
     # training images whose tower outputs standardise the image features (0: off)
     standardize_features: int = Field(0, ge=0)
 
+    @model_serializer(mode="wrap")
+    def _omit_default_architecture_options(self, handler: Any) -> Any:
+        # recipes that leave these at their defaults dump (and fingerprint) as before they existed
+        data = handler(self)
+        if isinstance(data, dict):
+            for key, default in (("resampler_latents", 16), ("resampler_depth", 2),
+                                 ("resampler_heads", 4), ("cross_layer_interval", 1),
+                                 ("fusion_vision", None), ("vision_inline", None),
+                                 ("resampler_head_dim", None)):
+                if data.get(key) == default:
+                    data.pop(key)
+        return data
 
-Unfreeze = dict[str, Literal["frozen", "full"]]
+    @model_validator(mode="after")
+    def _inline_vision(self) -> ModelSpec:
+        if (self.vision == "inline") != (self.vision_inline is not None):
+            raise ValueError("model.vision: inline goes with model.vision_inline (a tower config)")
+        return self
+
+
+Unfreeze = dict[str, Literal["frozen", "lora", "full"]]
 KINDS = ("pretrain", "sft", "align")
 
 
@@ -81,6 +125,7 @@ class Stage(_Strict):
     longest_edge: int = Field(gt=0)
     sources: list[str]
     unfreeze: Unfreeze
+    lora_rank: int = Field(8, gt=0)  # rank of the adapters of `lora` groups (alpha = 2 x rank)
     train: TrainSettings = TrainSettings()
     beta: float = 0.1
     # align: DPO (sigmoid), IPO, length-normalised DPO, or DPO + `sft_weight` x NLL on chosen
@@ -89,6 +134,43 @@ class Stage(_Strict):
     # share of text-only samples (source `text`); None = the sources' natural mixture
     text_ratio: float | None = Field(None, ge=0, le=1)
     packing: bool = False  # pretrain/sft: several conversations per row, attention kept within each
+    # source -> sampling weight (the loader draws by weight); replaces `sources`, which then
+    # lists its keys. None = `sources` in their natural mixture (or at `text_ratio`)
+    mixture: dict[str, float] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sources_from_mixture(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("mixture") and "sources" not in data:
+            data = {**data, "sources": list(data["mixture"])}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_mixture(self, handler: Any) -> Any:
+        # stages without a mixture dump (and fingerprint) exactly as before the field existed
+        data = handler(self)
+        if self.mixture is None and isinstance(data, dict):
+            data.pop("mixture", None)
+        if self.lora_rank == 8 and isinstance(data, dict):  # likewise a default lora_rank
+            data.pop("lora_rank", None)
+        return data
+
+    @model_validator(mode="after")
+    def _valid_mixture(self) -> Stage:
+        if self.mixture is None:
+            return self
+        if not self.mixture:
+            raise ValueError(f"stage {self.name!r}: mixture is empty")
+        bad = {s: w for s, w in self.mixture.items() if not w > 0}
+        if bad:
+            raise ValueError(f"stage {self.name!r}: mixture weights must be > 0, got {bad}")
+        if sorted(self.sources) != sorted(self.mixture):
+            raise ValueError(f"stage {self.name!r}: mixture replaces sources; sources "
+                             f"{self.sources} differ from the mixture's {list(self.mixture)}")
+        if self.text_ratio is not None:
+            raise ValueError(f"stage {self.name!r}: give the text share as the mixture weight "
+                             "of 'text', not text_ratio")
+        return self
 
     @model_validator(mode="after")
     def _known_sources(self) -> Stage:
@@ -100,8 +182,10 @@ class Stage(_Strict):
         if self.text_ratio is not None:
             if self.kind == "align":
                 raise ValueError(f"stage {self.name!r}: text_ratio does not apply to align stages")
-            if "text" not in self.sources or len(self.sources) < 2:
-                raise ValueError(f"stage {self.name!r}: text_ratio needs 'text' and an image source in sources")
+            text_only = [s for s in self.sources if s in TEXT_ONLY_SOURCES]
+            if not text_only or len(text_only) == len(self.sources):
+                raise ValueError(f"stage {self.name!r}: text_ratio needs a text-only source "
+                                 f"{list(TEXT_ONLY_SOURCES)} and an image source in sources")
         if self.packing and self.kind == "align":
             raise ValueError(f"stage {self.name!r}: packing applies to pretrain/sft stages only")
         return self

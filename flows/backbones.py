@@ -51,7 +51,9 @@ class BackboneOutcome:
 
 def loop_config(t: TrainSettings, seed: int) -> LoopConfig:
     return LoopConfig(steps=t.steps, lr=t.lr, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
-                      grad_clip=t.grad_clip, grad_accum=t.grad_accum, log_every=t.log_every, seed=seed)
+                      grad_clip=t.grad_clip, grad_accum=t.grad_accum, log_every=t.log_every, seed=seed,
+                      schedule=t.schedule, decay_fraction=t.decay_fraction,
+                      checkpoint_every=t.checkpoint_every, eval_every=t.eval_every)
 
 
 def image_caption_pairs(shards: Path, split: str, seed: int = 0):

@@ -7,6 +7,12 @@
   throughput).
 - dask:    shard generation of configs/tiny.yaml's data (10,500 samples) on a Dask LocalCluster of
   1 vs 2 workers (ratio = 2-worker / 1-worker records/s); see flows/bench_dask.py.
+- loader:  the webdataset loader's samples/s at the recipe's 64 px stage vs the recipe model's
+  training samples/s (ratio = loader / training, goal >= 5); see flows/bench_loader.py.
+- overhead: the platform's training loop vs a bare PyTorch loop, tiny VLM at 64 px (ratio =
+  platform / bare seconds per step; goal <= 1.03); see flows/bench_overhead.py.
+- pixel-shuffle: image tokens and step time with pixel-shuffle factor 1 vs 2 vs 4 (ratio = factor-1
+  / factor-4 step time); see flows/bench_pixel_shuffle.py.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ def bench_rerun(recipe: str) -> dict:
             "ratio": round(second / first, 3)}
 
 
-BENCHES = ("rerun", "startup", "generation", "serve", "dask")
+BENCHES = ("rerun", "startup", "generation", "serve", "dask", "overhead", "pixel-shuffle", "loader")
 
 
 def run_bench(name: str, recipe: str, as_json: bool = False,
@@ -64,6 +70,18 @@ def run_bench(name: str, recipe: str, as_json: bool = False,
         from flows.bench_dask import bench_dask
 
         result = bench_dask(recipe)
+    elif name == "overhead":
+        from flows.bench_overhead import bench_overhead
+
+        result = bench_overhead(recipe_path=recipe)
+    elif name == "pixel-shuffle":
+        from flows.bench_pixel_shuffle import bench_pixel_shuffle
+
+        result = bench_pixel_shuffle(recipe_path=recipe)
+    elif name == "loader":
+        from flows.bench_loader import bench_loader
+
+        result = bench_loader(recipe)
     else:
         result = bench_startup() if name == "startup" else bench_rerun(recipe)
     if as_json:

@@ -8,6 +8,7 @@ import sys
 
 from flows.bench import BENCHES
 from flows.evaluate_cli import add_evaluate_parser
+from flows.ingest import add_ingest_parser
 from flows.promote import add_promote_parser
 from flows.schedule import add_schedule_parser
 from flows.score import add_score_parser
@@ -145,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_promote_parser(sub)
     add_serve_parser(sub)
     add_schedule_parser(sub)
+    add_ingest_parser(sub)
     return parser
 
 

@@ -1,9 +1,10 @@
 """The data stage: `dvc repro` over dvc.yaml in a per-recipe DVC workspace.
 
 The workspace ($VLMFORGE_HOME/data/<recipe>) holds dvc.yaml (the project's, with
-code dependencies made absolute), params.yaml (the recipe's data section) and the
-outputs. DVC decides what to rebuild; the content hashes in dvc.lock are the data
-version that every training run records.
+code dependencies made absolute), params.yaml (the recipe's data section plus the
+`sources` it uses, one generate stage each) and the outputs. DVC decides what to
+rebuild; the content hashes in dvc.lock are the data version that every training
+run records.
 """
 
 from __future__ import annotations
@@ -19,11 +20,15 @@ from pathlib import Path
 import yaml
 from prefect import flow, get_run_logger, task
 
+import registry
+from components.data.mix import used_sources
+from components.data.report import build_report, render_markdown, sample_grid
 from components.recipe import Recipe
 from flows.environment import vlmforge_home
-from flows.lineage import log_data_stage
+from flows.lineage import log_data_stage, publish_markdown
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SOURCE_OUTS = "data/sources/"  # per-source outputs: mixed into data/shards, so not in `version`
 
 
 @dataclass
@@ -31,7 +36,7 @@ class DataVersion:
     """Where a recipe's data lives and which content it has."""
 
     workspace: str
-    version: str  # short hash over all DVC outputs
+    version: str  # short hash over the DVC outputs training reads (all but data/sources/*)
     hashes: dict[str, str]  # DVC output path -> md5
     counts: dict[str, dict[str, int]]
 
@@ -55,7 +60,8 @@ def workspace_for(recipe: Recipe) -> Path:
 def render_dvc_yaml(source: Path = PROJECT_ROOT / "dvc.yaml") -> str:
     """The project's dvc.yaml with code dependencies pointing into the project."""
     spec = yaml.safe_load(source.read_text())
-    for stage in spec["stages"].values():
+    for entry in spec["stages"].values():
+        stage = entry.get("do", entry)  # a foreach stage's template
         stage["deps"] = [
             str(PROJECT_ROOT / d) if d.startswith("components/") else d for d in stage.get("deps", [])
         ]
@@ -69,7 +75,7 @@ def prepare_workspace(recipe: Recipe) -> Path:
         _dvc(ws, "init", "--no-scm", "--quiet")
         _dvc(ws, "config", "core.analytics", "false")
     _write_if_changed(ws / "dvc.yaml", render_dvc_yaml())
-    params = {"data": recipe.data.model_dump(mode="json")}
+    params = {"data": recipe.data.model_dump(mode="json"), "sources": used_sources(recipe.data)}
     _write_if_changed(ws / "params.yaml", yaml.safe_dump(params, sort_keys=True))
     return ws
 
@@ -94,7 +100,8 @@ def read_version(ws: Path) -> DataVersion:
     """Data version from dvc.lock: every stage output's md5."""
     lock = yaml.safe_load((ws / "dvc.lock").read_text())
     hashes = {out["path"]: out["md5"] for st in lock["stages"].values() for out in st.get("outs", [])}
-    version = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:12]
+    read = {p: h for p, h in hashes.items() if not p.startswith(SOURCE_OUTS)}
+    version = hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()[:12]
     counts = _counts(ws / "data" / "shards" / "manifests")
     return DataVersion(str(ws), version, hashes, counts)
 
@@ -121,10 +128,26 @@ def dvc_repro(recipe: Recipe) -> dict:
     return asdict(read_version(ws))
 
 
+def publish_data_report(recipe: Recipe, data: DataVersion, run_id: str) -> Path:
+    """The data report (counts, quarantine, sample grid) as files in the workspace's report/,
+    MLflow artifacts of the data run (data_report/) and a Prefect markdown artifact."""
+    out = Path(data.workspace) / "report"
+    out.mkdir(exist_ok=True)
+    markdown = render_markdown(build_report(Path(data.workspace) / "data"), data.version,
+                               grid_name="data_report/samples.png")
+    (out / "data_report.md").write_text(markdown)
+    sample_grid(data.shards).save(out / "samples.png")
+    registry.log_artifact(out, "data_report", run_id=run_id)
+    publish_markdown(f"{recipe.name}-data-report", markdown,
+                     description=f"{recipe.name}: data version {data.version}")
+    return out
+
+
 @flow(name="data")
 def data_flow(recipe: Recipe, parent_run_id: str | None = None) -> DataVersion:
-    """Generate, validate and tokenise the recipe's data; log its version to MLflow."""
+    """Generate, validate and tokenise the recipe's data; log its version and report to MLflow."""
     data = DataVersion(**dvc_repro(recipe))
-    log_data_stage(recipe, data, parent_run_id)
+    run_id = log_data_stage(recipe, data, parent_run_id)
+    publish_data_report(recipe, data, run_id)
     get_run_logger().info("data version %s (%s)", data.version, data.hashes)
     return data

@@ -8,9 +8,10 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 from transformers.utils import logging as hf_logging
 
 import registry
-from components.model.assembly import assemble_idefics3, standardize_image_features
+from components.model.architectures import assemble, processor_for
+from components.model.assembly import standardize_image_features
 from components.model.backbones import load_text_backbone, load_vision_backbone
-from components.model.processor import build_processor
+from components.model.fusion import assemble_sphinx_llava  # also registers the fused tower type
 from components.model.tokens import prepare_tokenizer
 from components.recipe import Recipe
 from components.training.backbones import images_to_tensor
@@ -31,17 +32,45 @@ def backbone_path(spec: str, backbone_versions: dict[str, str]) -> str:
 
 def assemble_from_backbones(recipe: Recipe, backbone_versions: dict[str, str]):
     """A fresh VLM from the recipe's backbones, with the LM's tokenizer made VLM-ready."""
-    vision_dir = backbone_path(recipe.model.vision, backbone_versions)
+    m = recipe.model
+    vision_dir = m.vision_inline if m.vision == "inline" else backbone_path(m.vision, backbone_versions)
     text_dir = backbone_path(recipe.model.text, backbone_versions)
     vision = load_vision_backbone(vision_dir)
     lm = load_text_backbone(text_dir)
     tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_dir), lm)
-    model = assemble_idefics3(vision, lm, tokenizer, scale_factor=recipe.model.scale_factor,
-                              seed=recipe.seed)
+    if m.fusion_vision is not None:
+        model = sphinx_from_backbones(recipe, vision, lm, tokenizer, backbone_versions)
+    else:
+        model = assemble(m.architecture, vision, lm, tokenizer, seed=recipe.seed,
+                         scale_factor=m.scale_factor, n_latents=m.resampler_latents,
+                         resampler_depth=m.resampler_depth, resampler_heads=m.resampler_heads,
+                         resampler_head_dim=m.resampler_head_dim,
+                         cross_layer_interval=m.cross_layer_interval)
     if recipe.model.standardize_features:
+        if m.architecture not in ("idefics3", "idefics2"):
+            raise ValueError("standardize_features applies to idefics3/idefics2 towers only")
         images = training_images(recipe, recipe.model.standardize_features)
         standardize_image_features(model, images_to_tensor(images, vision.config.image_size))
     return model, tokenizer
+
+
+def sphinx_from_backbones(recipe: Recipe, vision, lm, tokenizer, backbone_versions: dict[str, str]):
+    """LLaVA over `model.vision` fused per patch with `model.fusion_vision` (SPHINX); the second
+    tower gets its own normalisation when its directory has an image processor config."""
+    from transformers import AutoImageProcessor
+
+    if recipe.model.architecture != "llava":
+        raise ValueError("fusion_vision (SPHINX) is implemented for architecture: llava")
+    spec = backbone_path(recipe.model.fusion_vision, backbone_versions)
+    secondary = load_vision_backbone(spec)
+    mean = std = None
+    try:
+        stats = AutoImageProcessor.from_pretrained(spec)
+        mean, std = list(stats.image_mean), list(stats.image_std)
+    except (OSError, ValueError, AttributeError):
+        pass  # no image processor saved with the tower: it sees the primary's pixels
+    return assemble_sphinx_llava(vision, secondary, lm, tokenizer, seed=recipe.seed,
+                                 secondary_mean=mean, secondary_std=std)
 
 
 def training_images(recipe: Recipe, n: int) -> list:
@@ -72,20 +101,13 @@ def stage_model(recipe: Recipe, stage, parent: str, backbone_versions: dict[str,
         model, saved = load_version(recipe.registered_model, parent)
         tokenizer = saved.tokenizer
     processor = processor_for(model, tokenizer, stage.longest_edge)
-    return model, processor, apply_unfreezing(model, stage.unfreeze)
+    return model, processor, apply_unfreezing(model, stage.unfreeze, lora_rank=stage.lora_rank)
 
 
 def load_version(name: str, version: str):
     """A registered VLM version and its saved processor, via the standard Auto classes."""
     path = registry.hf_model_dir(name, version)
     return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
-
-
-def processor_for(model, tokenizer, longest_edge: int):
-    """The stage's processor: tiles at the vision tower's native size, `longest_edge` overall."""
-    vc = model.config.vision_config
-    return build_processor(tokenizer, tile_size=vc.image_size, longest_edge=longest_edge,
-                           patch_size=vc.patch_size, scale_factor=model.config.scale_factor)
 
 
 def save_vlm(model, processor, out_dir: Path) -> Path:

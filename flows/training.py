@@ -8,6 +8,7 @@ version. `force=True` retrains.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,12 +19,14 @@ from prefect import flow, get_run_logger, task
 import registry
 from components.data.shards import read_samples
 from components.evaluation.synthetic_suite import evaluate_suite
+from components.model.freeze import merge_lora
 from components.recipe import Recipe, Stage, fingerprint
 from components.training.batching import ChatEncoder
 from components.training.data_stream import shard_paths
 from components.training.stage import run_stage
 from flows.backbones import BackboneOutcome, loop_config
 from flows.data import DataVersion
+from flows.environment import vlmforge_home
 from flows.lineage import (
     StepLogger,
     git_sha,
@@ -89,6 +92,12 @@ def _cached(recipe: Recipe, stage: Stage, key: str, parent: str) -> StageOutcome
                         int(run["params"].get("trainable_params", 0)), run["metrics"])
 
 
+def checkpoint_dir(recipe: Recipe, stage: Stage, key: str) -> Path:
+    """Where a stage's resumable checkpoints live (`train.checkpoint_every` > 0): keyed by the
+    stage's cache key, so re-running the same stage after a crash resumes it."""
+    return vlmforge_home() / "checkpoints" / recipe.name / f"{stage.name}-{key}"
+
+
 @task(name="train-stage")
 def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list[BackboneOutcome],
                 parent_run_id: str | None, force: bool,
@@ -104,6 +113,8 @@ def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list
     if not force and (hit := _cached(recipe, stage, key, parent)):
         logger.info("%s: unchanged, reusing version %s", stage.name, hit.version)
         return hit
+    if force:  # retrain from scratch, not from an earlier run's checkpoints
+        shutil.rmtree(checkpoint_dir(recipe, stage, key), ignore_errors=True)
     start = time.perf_counter()
     model, processor, counts = stage_model(recipe, stage, parent,
                                            {b.name: b.version for b in backbones})
@@ -116,7 +127,10 @@ def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list
                              **{f"trainable_{g}": n for g, n in counts.items()}})
         run = run_stage(model, processor, stage, data.shards, loop_config(stage.train, recipe.seed),
                         max_length=recipe.model.max_length,
-                        on_log=StepLogger(stage.train.steps, f"{recipe.name}-{stage.name}"))
+                        on_log=StepLogger(stage.train.steps, f"{recipe.name}-{stage.name}"),
+                        checkpoint_dir=checkpoint_dir(recipe, stage, key))
+        if run.result.resumed_from:
+            registry.log_params({"resumed_from_step": run.result.resumed_from})
         seconds = time.perf_counter() - start
         samples = quick_eval_samples(data)
         suite = evaluate_suite(model, ChatEncoder(processor, recipe.model.max_length), samples,
@@ -125,11 +139,13 @@ def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list
         metrics = {"loss_first": run.result.mean_loss(first=True),
                    "loss_last": run.result.mean_loss(first=False),
                    "dropped_too_long": float(run.dropped), "train_seconds": seconds,
+                   **{f"drawn_{s}": float(n) for s, n in run.source_counts.items()},
                    **{f"heldout_{k}": v for k, v in suite.metrics.items()}}
         registry.log_metrics(metrics)
         log_predictions(suite.rows, [s.images[0] if s.images else None for s in samples],
                         "heldout", recipe.evaluate.samples_to_log)
         with tempfile.TemporaryDirectory() as tmp:
+            merge_lora(model)  # LoRA adapters fold into the weights: a stock model is registered
             save_vlm(model, processor, Path(tmp))
             version = registry.register_hf_model(
                 Path(tmp), recipe.registered_model, run_id=run_id,
@@ -138,6 +154,7 @@ def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list
                       "recipe": recipe.name},
                 description=f"{recipe.name} after stage {stage.name}")
         publish_model_card(recipe, version)
+    shutil.rmtree(checkpoint_dir(recipe, stage, key), ignore_errors=True)  # registered: not needed
     logger.info("%s: registered %s v%s in %.0fs", stage.name, recipe.registered_model, version, seconds)
     return StageOutcome(stage.name, stage.kind, version, parent, run_id, False, seconds,
                         sum(counts.values()), metrics)

@@ -1,4 +1,5 @@
-"""CLI for the DVC data stages: ``generate`` shards + manifests, train the ``tokenizer``."""
+"""CLI for the DVC data stages: ``generate`` shards + manifests, train the ``tokenizer``,
+``validate`` manifests, draw example ``grid``s per source."""
 
 from __future__ import annotations
 
@@ -55,6 +56,18 @@ def _validate(args: argparse.Namespace) -> dict[str, object]:
     return {split: {"rows": r.n_rows, "success": r.success} for split, r in reports.items()}
 
 
+def _grid(args: argparse.Namespace) -> dict[str, object]:
+    from components.data.grid import write_grids
+    from components.data.params import SOURCES
+
+    sources = args.sources or list(SOURCES)
+    unknown = [s for s in sources if s not in SOURCES]
+    if unknown:
+        raise SystemExit(f"unknown sources {unknown}; expected some of {list(SOURCES)}")
+    paths = write_grids(args.out, sources, args.n, args.seed, args.image_size)
+    return {"out": args.out, "grids": len(paths)}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m components.data", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -76,6 +89,13 @@ def main(argv: list[str] | None = None) -> None:
     val.add_argument("--shards", required=True, help="folder written by 'generate'")
     val.add_argument("--out", required=True, help="JSON report")
     val.set_defaults(run=_validate)
+    grid = sub.add_parser("grid", help="an example grid PNG per source (docs/data)")
+    grid.add_argument("--out", required=True, help="folder for <source>.png")
+    grid.add_argument("--sources", nargs="*", default=None, help="default: every source")
+    grid.add_argument("--n", type=int, default=6, help="samples per grid")
+    grid.add_argument("--seed", type=int, default=0)
+    grid.add_argument("--image-size", type=int, default=64)
+    grid.set_defaults(run=_grid)
     args = parser.parse_args(argv)
     print(json.dumps(args.run(args)))
 

@@ -10,7 +10,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.data import ocr, preference, scenes, text_tasks
+from components.data import (
+    charts,
+    counting,
+    documents,
+    geometry,
+    instructions,
+    interleaved,
+    ocr,
+    ocr_wild,
+    preference,
+    preference_hallucination,
+    scenes,
+    scenes_alt,
+    scenes_relations,
+    spot_difference,
+    tables,
+    text_tasks,
+)
 from components.data.fonts import available_fonts
 from components.data.manifest import manifest_row, write_manifest
 from components.data.params import SOURCES, DataParams
@@ -26,6 +43,18 @@ GENERATORS: dict[str, Generator] = {
     "ocr": ocr.generate,
     "text": text_tasks.generate,
     "preference": preference.generate,
+    "scenes_alt_caption": scenes_alt.generate,
+    "scenes_relations": scenes_relations.generate,
+    "ocr_wild": ocr_wild.generate,
+    "documents": documents.generate,
+    "charts": charts.generate,
+    "tables": tables.generate,
+    "counting": counting.generate,
+    "geometry": geometry.generate,
+    "spot_difference": spot_difference.generate,
+    "interleaved": interleaved.generate,
+    "instructions": instructions.generate,
+    "preference_hallucination": preference_hallucination.generate,
 }
 if tuple(GENERATORS) != SOURCES:
     raise RuntimeError(f"generator registry {list(GENERATORS)} != params.SOURCES {list(SOURCES)}")
@@ -92,11 +121,26 @@ def _build(args: tuple[ShardJob, str]) -> list[dict[str, Any]]:
     return build_shard(*args)
 
 
-def _warm_up() -> None:
-    """Import the tar writer and scan fonts once, before forking, so workers inherit both."""
+# heavy imports a source needs, done once before forking when the plan has that source
+WARM_UP_IMPORTS: dict[str, tuple[str, ...]] = {
+    "charts": ("matplotlib.figure", "matplotlib.backends.backend_agg"),
+    "documents": ("fpdf", "pypdfium2"),
+}
+
+
+def _warm_up(sources: set[str] | None = None) -> None:
+    """Import the tar writer (and what planned sources need) and scan fonts once, before
+    forking, so workers inherit them."""
+    import importlib
+
     import webdataset  # noqa: F401
 
     available_fonts()
+    for source in sorted(sources or ()):
+        for module in WARM_UP_IMPORTS.get(source, ()):
+            importlib.import_module(module)
+    if "ocr_wild" in (sources or ()):
+        ocr_wild.warm_up()
 
 
 # builds shard jobs into their manifest rows, in job order
@@ -109,7 +153,7 @@ def run_jobs(
     """Build shards, in a process pool when ``workers`` > 1; results keep job order."""
     workers = workers or os.cpu_count() or 1
     args = [(job, str(out_dir)) for job in jobs]
-    _warm_up()
+    _warm_up({job.source for job in jobs})
     with progress(total=len(jobs), desc="shards", unit="shard") as bar:
         if workers <= 1 or len(jobs) <= 1:
             return [_done(_build(a), bar) for a in args]

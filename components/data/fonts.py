@@ -63,3 +63,21 @@ def available_fonts() -> tuple[str, ...]:
 def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
     """A cached FreeType font at a pixel size."""
     return ImageFont.truetype(path, size)
+
+
+@functools.lru_cache(maxsize=65536)
+def has_glyph(path: str, char: str) -> bool:
+    """True when the font draws ``char`` with its own glyph (not the missing-glyph box)."""
+    if char.isspace():
+        return True
+    font = load_font(path, 24)
+    mask = font.getmask(char)
+    if mask.size[0] == 0 or mask.size[1] == 0:
+        return False
+    missing = font.getmask("\uffff")
+    return (mask.size, bytes(mask)) != (missing.size, bytes(missing))
+
+
+def fonts_for(text: str) -> tuple[str, ...]:
+    """The available fonts that have a glyph for every character of ``text``."""
+    return tuple(p for p in available_fonts() if all(has_glyph(p, c) for c in set(text)))

@@ -8,8 +8,31 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SOURCES: tuple[str, ...] = ("scenes_caption", "scenes_vqa", "ocr", "text", "preference")
+# source -> task name of its records (the first five make the default tiny corpus)
+SOURCE_TASK: dict[str, str] = {
+    "scenes_caption": "caption",
+    "scenes_vqa": "vqa",
+    "ocr": "ocr",
+    "text": "text",
+    "preference": "preference",
+    "scenes_alt_caption": "caption",
+    "scenes_relations": "vqa",
+    "ocr_wild": "ocr",
+    "documents": "document",
+    "charts": "chart",
+    "tables": "table",
+    "counting": "counting",
+    "geometry": "geometry",
+    "spot_difference": "spot_difference",
+    "interleaved": "interleaved",
+    "instructions": "text",
+    "preference_hallucination": "preference",
+}
+SOURCES: tuple[str, ...] = tuple(SOURCE_TASK)
+TEXT_ONLY_SOURCES: tuple[str, ...] = ("text", "instructions")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# sources outside the default corpus: count 0 unless a params file asks for them
+EXTRA_SOURCES: tuple[str, ...] = SOURCES[5:]
 
 DEFAULT_SPLITS: dict[str, dict[str, int]] = {
     "train": {
@@ -18,9 +41,12 @@ DEFAULT_SPLITS: dict[str, dict[str, int]] = {
         "ocr": 1000,
         "text": 1000,
         "preference": 1500,
+        **dict.fromkeys(EXTRA_SOURCES, 0),
     },
-    "val": {"scenes_caption": 50, "scenes_vqa": 100, "ocr": 50, "text": 50, "preference": 50},
-    "test": {"scenes_caption": 100, "scenes_vqa": 400, "ocr": 100, "text": 100, "preference": 0},
+    "val": {"scenes_caption": 50, "scenes_vqa": 100, "ocr": 50, "text": 50, "preference": 50,
+            **dict.fromkeys(EXTRA_SOURCES, 0)},
+    "test": {"scenes_caption": 100, "scenes_vqa": 400, "ocr": 100, "text": 100, "preference": 0,
+             **dict.fromkeys(EXTRA_SOURCES, 0)},
 }
 
 
@@ -55,10 +81,12 @@ class DataParams(BaseModel):
         return splits
 
     def counts(self, split: str) -> dict[str, int]:
-        """Sample counts of ``split`` in canonical source order (missing sources count 0)."""
+        """Sample counts of ``split`` in canonical source order: the default corpus's five
+        sources always (0 when missing), the other families when the split names them."""
         if split not in self.splits:
             raise KeyError(f"split {split!r} not in params; have {list(self.splits)}")
-        return {s: self.splits[split].get(s, 0) for s in SOURCES}
+        named = self.splits[split]
+        return {s: named.get(s, 0) for s in SOURCES if s not in EXTRA_SOURCES or s in named}
 
 
 def load_data_params(path: str | Path) -> DataParams:

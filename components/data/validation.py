@@ -23,26 +23,45 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLUMNS",
-    "SOURCES",
-    "SOURCE_TASK",
-    "TASKS",
+    "LEDGER_COLUMNS",
     "DataValidationError",
     "ExpectationFailure",
     "ManifestSuite",
     "ValidationReport",
+    "known_tasks",
+    "synthetic_source_tasks",
+    "validate_ledger",
     "validate_manifest",
     "validate_manifest_file",
 ]
 
-SOURCE_TASK: dict[str, str] = {
-    "scenes_caption": "caption",
-    "scenes_vqa": "vqa",
-    "ocr": "ocr",
-    "text": "text",
-    "preference": "preference",
+LEDGER_COLUMNS: tuple[str, ...] = ("key", "location", "status", "rule")
+# Task families: the least number of images their samples show (text tasks show none).
+IMAGE_TASKS: dict[str, int] = {
+    **dict.fromkeys(("caption", "vqa", "ocr", "interleaved", "document", "chart", "table",
+                     "counting", "geometry"), 1),
+    "spot_difference": 2,
 }
-SOURCES: tuple[str, ...] = tuple(SOURCE_TASK)
-TASKS: tuple[str, ...] = tuple(dict.fromkeys(SOURCE_TASK.values()))
+TEXT_ONLY_TASKS: tuple[str, ...] = ("text",)  # the task of every TEXT_ONLY_SOURCES source
+
+
+def synthetic_source_tasks() -> dict[str, tuple[str, ...]]:
+    """Source -> task names of the synthetic generators, from their registry
+    (``components.data.params.SOURCE_TASK``, which the generator tests hold to the records),
+    so a family registered there is known here without a second list to update."""
+    from components.data.params import SOURCE_TASK
+
+    return {source: (task,) for source, task in SOURCE_TASK.items()}
+
+
+def known_tasks() -> tuple[str, ...]:
+    """Every registered task: the synthetic generators' and the ingest formats'."""
+    from components.data.ingest import ingest_tasks
+
+    synthetic = [t for tasks in synthetic_source_tasks().values() for t in tasks]
+    return tuple(dict.fromkeys([*synthetic, *ingest_tasks()]))
+
+
 SIZE_COLUMNS: tuple[str, ...] = ("min_width", "min_height", "max_width", "max_height")
 
 _MAX_EXAMPLES = 5
@@ -134,12 +153,28 @@ class ManifestSuite:
     Thresholds are GE suite parameters (``$PARAMETER``) resolved at validation time from
     :meth:`parameters`: ``min_side``/``max_side`` bound image sides of samples with images,
     ``max_text_chars`` bounds ``text_chars`` (which must be >= 1).
+
+    ``source_tasks`` maps each allowed source to its tasks (default: the synthetic generator
+    registry); an empty mapping allows any source. ``tasks`` is the known task set
+    (default: the tasks of ``source_tasks``, or :func:`known_tasks` when it is empty).
+    Task families add their own rules: image tasks need an image, text tasks have none.
     """
 
     split: str
     min_side: int = 8
     max_side: int = 4096
     max_text_chars: int = 20000
+    source_tasks: Mapping[str, tuple[str, ...]] | None = None
+    tasks: tuple[str, ...] | None = None
+
+    def resolved(self) -> tuple[Mapping[str, tuple[str, ...]], tuple[str, ...]]:
+        """(source -> tasks, known tasks) after defaults."""
+        source_tasks = synthetic_source_tasks() if self.source_tasks is None else self.source_tasks
+        tasks = self.tasks
+        if tasks is None:
+            values = [t for ts in source_tasks.values() for t in ts]
+            tasks = tuple(dict.fromkeys(values)) if source_tasks else known_tasks()
+        return source_tasks, tasks
 
     @property
     def name(self) -> str:
@@ -162,6 +197,7 @@ class ManifestSuite:
         def param(name: str) -> dict[str, str]:
             return {"$PARAMETER": name}
 
+        source_tasks, tasks = self.resolved()
         has_images = Column("n_images") > 0
         not_preference = Column("task") != "preference"
         exps: list[Any] = [
@@ -173,8 +209,7 @@ class ManifestSuite:
             gxe.ExpectColumnValuesToBeUnique(column="key"),
             gxe.ExpectColumnValueLengthsToBeBetween(column="key", min_value=1),
             gxe.ExpectColumnValuesToBeInSet(column="split", value_set=[self.split]),
-            gxe.ExpectColumnValuesToBeInSet(column="source", value_set=list(SOURCES)),
-            gxe.ExpectColumnValuesToBeInSet(column="task", value_set=list(TASKS)),
+            gxe.ExpectColumnValuesToBeInSet(column="task", value_set=list(tasks)),
             gxe.ExpectColumnValuesToBeBetween(column="n_images", min_value=0),
             gxe.ExpectColumnPairValuesToBeEqual(
                 column_A="n_images", column_B="n_image_placeholders"
@@ -195,12 +230,31 @@ class ManifestSuite:
         ]
         # source -> task consistency. (ExpectColumnPairValuesToBeInSet would do this in one
         # expectation, but its pandas metric uses DataFrame.iterrows: ~1 s per 10k rows.)
+        if source_tasks:
+            exps.append(gxe.ExpectColumnValuesToBeInSet(column="source",
+                                                        value_set=list(source_tasks)))
         exps += [
             gxe.ExpectColumnValuesToBeInSet(
-                column="task", value_set=[task], row_condition=Column("source") == src
+                column="task", value_set=list(ts), row_condition=Column("source") == src
             )
-            for src, task in SOURCE_TASK.items()
+            for src, ts in source_tasks.items()
         ]
+        # task families
+        by_min: dict[int, list[str]] = {}
+        for t, n in IMAGE_TASKS.items():
+            if t in tasks:
+                by_min.setdefault(n, []).append(t)
+        exps += [
+            gxe.ExpectColumnValuesToBeBetween(
+                column="n_images", min_value=n, row_condition=Column("task").is_in(ts)
+            )
+            for n, ts in by_min.items()
+        ]
+        text_only = [t for t in TEXT_ONLY_TASKS if t in tasks]
+        if text_only:
+            exps.append(gxe.ExpectColumnValuesToBeBetween(
+                column="n_images", max_value=0, row_condition=Column("task").is_in(text_only)
+            ))
         exps += [
             gxe.ExpectColumnValuesToBeBetween(
                 column=c,
@@ -236,34 +290,93 @@ def validate_manifest(
     min_side: int = 8,
     max_side: int = 4096,
     max_text_chars: int = 20000,
+    source_tasks: Mapping[str, tuple[str, ...]] | None = None,
+    tasks: tuple[str, ...] | None = None,
 ) -> ValidationReport:
     """Validate one split's manifest rows with Great Expectations."""
+    suite = ManifestSuite(
+        split, min_side=min_side, max_side=max_side, max_text_chars=max_text_chars,
+        source_tasks=source_tasks, tasks=tasks,
+    )
+    return _run_suite(_frame(rows, COLUMNS), split, suite.name, suite.expectations(),
+                      suite.parameters())
+
+
+def validate_ledger(
+    rows: Iterable[Mapping[str, Any]] | pd.DataFrame,
+    name: str,
+    *,
+    read: int,
+    max_quarantine_rate: float,
+    rules: Iterable[str],
+) -> ValidationReport:
+    """Great Expectations over an ingest's per-record results (one row per record read).
+
+    Columns :data:`LEDGER_COLUMNS`; ``status`` is ``accepted`` or ``quarantined``. The suite
+    checks the balance (exactly ``read`` rows), that every quarantined row names a known
+    rule and every accepted one none, that accepted keys are unique, and — with GE's
+    ``mostly`` — that at most ``max_quarantine_rate`` of the rows were quarantined.
+    """
+    _gx()
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    if not 0.0 <= max_quarantine_rate <= 1.0:
+        raise ValueError(f"max_quarantine_rate {max_quarantine_rate} not in [0, 1]")
+    accepted = Column("status") == "accepted"
+    quarantined = Column("status") == "quarantined"
+    exps = [
+        gxe.ExpectTableColumnsToMatchSet(column_set=list(LEDGER_COLUMNS), exact_match=True),
+        gxe.ExpectTableRowCountToEqual(value=read),
+        gxe.ExpectColumnValuesToNotBeNull(column="location"),
+        gxe.ExpectColumnDistinctValuesToBeInSet(column="status",
+                                                value_set=["accepted", "quarantined"]),
+        gxe.ExpectColumnValuesToBeUnique(column="key", row_condition=accepted),
+        gxe.ExpectColumnValuesToBeNull(column="rule", row_condition=accepted),
+        gxe.ExpectColumnValuesToNotBeNull(column="rule", row_condition=quarantined),
+        gxe.ExpectColumnValuesToBeInSet(column="rule", value_set=sorted(rules),
+                                        row_condition=quarantined),
+        # the threshold; the small margin keeps a rate exactly at the limit a pass
+        gxe.ExpectColumnValuesToBeInSet(column="status", value_set=["accepted"],
+                                        mostly=max(0.0, 1.0 - max_quarantine_rate - 1e-9)),
+    ]
+    return _run_suite(_frame(rows, LEDGER_COLUMNS), name, f"vlmforge_ingest_{name}", exps, {})
+
+
+def _frame(rows: Iterable[Mapping[str, Any]] | pd.DataFrame, columns: tuple[str, ...]) -> Any:
     import pandas as pd
 
     if isinstance(rows, pd.DataFrame):
         df = rows
     else:
         records = list(rows)
-        # An empty manifest still gets the expected columns: only the row count fails.
-        df = pd.DataFrame.from_records(records, columns=None if records else list(COLUMNS))
-    df = df.reset_index(drop=True)  # positional index <-> GE's unexpected index list
-    suite = ManifestSuite(
-        split, min_side=min_side, max_side=max_side, max_text_chars=max_text_chars
-    )
+        # An empty table still gets the expected columns: only the row count fails.
+        df = pd.DataFrame.from_records(records, columns=None if records else list(columns))
+    return df.reset_index(drop=True)  # positional index <-> GE's unexpected index list
 
+
+def _run_suite(
+    df: pd.DataFrame, split: str, name: str, exps: list[Any], parameters: dict[str, Any]
+) -> ValidationReport:
+    """Validate ``df`` against ``exps`` in an ephemeral GE context."""
     gx = _gx()
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    for i, exp in enumerate(exps):
+        exp.meta = {"order": i}  # GE groups results by domain type; restore suite order
+    # Passing expectations to the constructor (rather than add_expectation) keeps the
+    # suite detached from any context's expectations store.
+    suite = gx.ExpectationSuite(name=name, expectations=exps)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    asset = context.data_sources.add_pandas(f"manifest_{split}").add_dataframe_asset(split)
+    asset = context.data_sources.add_pandas(f"source_{split}").add_dataframe_asset(split)
     batch = asset.add_batch_definition_whole_dataframe("whole").get_batch(
         batch_parameters={"dataframe": df}
     )
     result = batch.validate(
-        suite.build(),
+        suite,
         result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20},
-        expectation_parameters=suite.parameters(),
+        expectation_parameters=parameters,
     )
 
     keys = df["key"].tolist() if "key" in df.columns else None

@@ -79,8 +79,8 @@ def _init_connector(model: Idefics3ForConditionalGeneration, lm: PreTrainedModel
     """Scale the projection so image tokens start at the norm of the LM's word embeddings."""
     proj = model.model.connector.modality_projection.proj
     torch.nn.init.normal_(proj.weight, std=1.0 / proj.in_features**0.5, generator=generator)
-    emb_std = lm.get_input_embeddings().weight.std().item()
-    proj.weight.mul_(emb_std)
+    emb = lm.get_input_embeddings().weight
+    proj.weight.mul_(1.0 if emb.is_meta else emb.std().item())  # meta: sizing only, no values
 
 
 @torch.no_grad()

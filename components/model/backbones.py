@@ -13,6 +13,8 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    CLIPVisionConfig,
+    CLIPVisionModel,
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedModel,
@@ -79,13 +81,18 @@ def _is_inline(spec: BackboneSpec) -> bool:
 
 
 def load_vision_backbone(spec: BackboneSpec) -> PreTrainedModel:
-    """Vision tower from a hub id / directory (vision part of a CLIP/SigLIP checkpoint too) or a config."""
+    """Vision tower from a hub id / directory (vision part of a CLIP/SigLIP checkpoint too) or
+    a config (SigLIP; CLIP with ``model_type: clip_vision_model``)."""
     if _is_inline(spec):
+        spec = dict(spec)
+        if spec.pop("model_type", "siglip_vision_model") == "clip_vision_model":
+            return CLIPVisionModel(CLIPVisionConfig(**spec))
         return SiglipVisionModel(tiny_vision_config(**spec))
     config = AutoConfig.from_pretrained(str(spec))
-    if getattr(config, "vision_config", None) is not None and config.model_type != "siglip_vision_model":
+    if getattr(config, "vision_config", None) is not None and not config.model_type.endswith("vision_model"):
         # A dual-tower checkpoint (e.g. google/siglip-base-patch16-512): keep the vision tower.
-        return SiglipVisionModel.from_pretrained(str(spec))
+        tower = CLIPVisionModel if config.model_type == "clip" else SiglipVisionModel
+        return tower.from_pretrained(str(spec))
     return AutoModel.from_pretrained(str(spec))
 
 
@@ -96,3 +103,25 @@ def load_text_backbone(spec: BackboneSpec, vocab_size: int | None = None) -> Pre
             raise ValueError("an inline LM config needs the tokenizer's vocab_size")
         return LlamaForCausalLM(tiny_lm_config(vocab_size, **spec))
     return AutoModelForCausalLM.from_pretrained(str(spec))
+
+
+def backbone_class(config) -> type[PreTrainedModel]:
+    """The class `load_vision_backbone` / `load_text_backbone` would build for ``config``."""
+    if getattr(config, "vision_config", None) is not None and not config.model_type.endswith("vision_model"):
+        return CLIPVisionModel if config.model_type == "clip" else SiglipVisionModel
+    if config.model_type.endswith("vision_model"):
+        return {"clip_vision_model": CLIPVisionModel}.get(config.model_type, SiglipVisionModel)
+    return AutoModelForCausalLM._model_mapping[type(config)]
+
+
+def meta_backbone(path: str | Path) -> PreTrainedModel:
+    """A backbone at full size from its config.json alone, on the meta device (no weights,
+    no memory): for checking that a large recipe assembles and has the right size."""
+    import torch
+
+    config = AutoConfig.from_pretrained(str(path))
+    cls = backbone_class(config)
+    if cls in (SiglipVisionModel, CLIPVisionModel) and hasattr(config, "vision_config"):
+        config = config.vision_config
+    with torch.device("meta"):
+        return cls(config)

@@ -1,4 +1,16 @@
-"""Parameter groups of a VLM and the per-stage unfreezing schedule."""
+"""Parameter groups of a VLM and the per-stage unfreezing schedule: frozen | lora | full.
+
+Groups by architecture (parameter-name prefixes of the stock transformers classes):
+
+| architecture | vision | connector | cross_attn | text |
+|---|---|---|---|---|
+| idefics3 / idefics2 | vision_model | connector (pixel shuffle or MLP + perceiver) | - | text_model, lm_head |
+| llava | vision_tower | multi_modal_projector | - | language_model, lm_head |
+| idefics (Flamingo) | vision_model | perceiver_resampler | gated_cross_attn_layers | decoder, lm_head |
+
+`lora` injects peft LoRA adapters (in place, the model keeps its stock class) into every
+Linear of the group except the LM head; `merge_lora` folds them back into the weights.
+"""
 
 from __future__ import annotations
 
@@ -6,40 +18,114 @@ from typing import Literal
 
 from torch import nn
 
-Mode = Literal["frozen", "full"]
+Mode = Literal["frozen", "lora", "full"]
+MODES = ("frozen", "lora", "full")
+
+GROUP_PREFIXES: dict[str, dict[str, tuple[str, ...]]] = {
+    "Idefics3ForConditionalGeneration": {
+        "vision": ("model.vision_model.",), "connector": ("model.connector.",),
+        "text": ("model.text_model.", "lm_head.")},
+    "Idefics2ForConditionalGeneration": {
+        "vision": ("model.vision_model.",), "connector": ("model.connector.",),
+        "text": ("model.text_model.", "lm_head.")},
+    "LlavaForConditionalGeneration": {
+        "vision": ("model.vision_tower.",), "connector": ("model.multi_modal_projector.",),
+        "text": ("model.language_model.", "lm_head.")},
+    "IdeficsForVisionText2Text": {
+        "vision": ("model.vision_model.",), "connector": ("model.perceiver_resampler.",),
+        "cross_attn": ("model.gated_cross_attn_layers.",),
+        "text": ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")},
+}
 
 
-def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
-    """Named groups of an Idefics3-family model: vision, connector, text."""
-    inner = model.model
-    groups = {
-        "vision": list(inner.vision_model.parameters()),
-        "connector": list(inner.connector.parameters()),
-        "text": list(inner.text_model.parameters()) + list(model.lm_head.parameters()),
-    }
-    seen = {id(p) for ps in groups.values() for p in ps}
-    stray = [n for n, p in model.named_parameters() if id(p) not in seen]
+def _is_lora(name: str) -> bool:
+    return ".lora_" in name
+
+
+def _group_of(name: str, prefixes: dict[str, tuple[str, ...]]) -> str | None:
+    base = name.replace(".base_layer.", ".")
+    return next((g for g, ps in prefixes.items() if base.startswith(ps)), None)
+
+
+def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Named parameters per group (LoRA adapter weights included in their group)."""
+    prefixes = GROUP_PREFIXES.get(type(model).__name__)
+    if prefixes is None:
+        raise ValueError(f"no parameter groups known for {type(model).__name__}")
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in prefixes}
+    stray = []
+    for name, p in model.named_parameters():
+        group = _group_of(name, prefixes)
+        (groups[group].append((name, p)) if group else stray.append(name))
     if stray:
         raise ValueError(f"parameters outside every group: {stray[:5]}")
     return groups
 
 
-def apply_unfreezing(model: nn.Module, schedule: dict[str, Mode]) -> dict[str, int]:
-    """Set requires_grad per group; return the trainable-parameter count per group.
+def add_lora(model: nn.Module, groups: list[str], rank: int) -> list[str]:
+    """Inject LoRA adapters (rank ``rank``, alpha 2*rank) into the groups' Linear layers."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    prefixes = GROUP_PREFIXES[type(model).__name__]
+    targets = [n for n, m in model.named_modules()
+               if isinstance(m, nn.Linear) and not n.startswith("lm_head")
+               and any(n.startswith(p) for g in groups for p in prefixes[g])
+               and ".lora_" not in n and not n.endswith(".base_layer")]
+    if not targets:
+        raise ValueError(f"groups {groups} have no Linear layer for LoRA")
+    on_meta = next(model.parameters()).is_meta  # sizing a large model: adapters on meta too
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                       target_modules=targets), model, low_cpu_mem_usage=on_meta)
+    return targets
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any(_is_lora(n) for n, _ in model.named_parameters())
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every LoRA adapter into its base weight and put the plain layer back, in place:
+    the model saves and loads as a stock transformers class again."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name), child, module.get_base_layer())
+    return model
+
+
+def apply_unfreezing(model: nn.Module, schedule: dict[str, Mode], lora_rank: int = 8) -> dict[str, int]:
+    """Set trainability per group; return the trainable-parameter count per group.
 
     Every group must be named in the schedule, and the resulting trainable set is
-    checked against it, so a recipe can never silently train the wrong parts.
+    checked against it, so a recipe can never silently train the wrong parts:
+    frozen -> nothing trains; full -> every base weight, no adapter; lora -> the adapters only.
     """
-    groups = parameter_groups(model)
-    if set(schedule) != set(groups):
-        raise ValueError(f"schedule names {sorted(schedule)}, model has groups {sorted(groups)}")
-    for name, params in groups.items():
-        if schedule[name] not in ("frozen", "full"):
-            raise ValueError(f"group {name!r}: unknown mode {schedule[name]!r}")
-        for p in params:
-            p.requires_grad_(schedule[name] == "full")
-    counts = {name: sum(p.numel() for p in ps if p.requires_grad) for name, ps in groups.items()}
+    prefixes = GROUP_PREFIXES.get(type(model).__name__)
+    if prefixes is None:
+        raise ValueError(f"no parameter groups known for {type(model).__name__}")
+    if set(schedule) != set(prefixes):
+        raise ValueError(f"schedule names {sorted(schedule)}, model has groups {sorted(prefixes)}")
     for name, mode in schedule.items():
-        if (counts[name] > 0) != (mode == "full"):
-            raise AssertionError(f"group {name!r} trainable={counts[name]} but schedule says {mode}")
+        if mode not in MODES:
+            raise ValueError(f"group {name!r}: unknown mode {mode!r}")
+    if has_lora(model):
+        merge_lora(model)  # a parent stage's adapters: fold them in before new ones
+    lora_groups = [g for g, m in schedule.items() if m == "lora"]
+    if lora_groups:
+        add_lora(model, lora_groups, lora_rank)
+    groups = parameter_groups(model)
+    for group, params in groups.items():
+        for name, p in params:
+            p.requires_grad_(schedule[group] == "full" or (schedule[group] == "lora" and _is_lora(name)))
+    counts = {g: sum(p.numel() for _, p in ps if p.requires_grad) for g, ps in groups.items()}
+    for group, params in groups.items():
+        trainable = {n for n, p in params if p.requires_grad}
+        expected = {n for n, _ in params if {"frozen": False, "full": not _is_lora(n),
+                                              "lora": _is_lora(n)}[schedule[group]]}
+        if trainable != expected or (schedule[group] != "frozen" and not trainable):
+            raise AssertionError(f"group {group!r} ({schedule[group]}): trainable set differs from "
+                                 f"the schedule: {sorted(trainable ^ expected)[:5]}")
     return counts

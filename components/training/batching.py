@@ -46,6 +46,19 @@ class Encoded:
     labels: list[int]
     pixel_values: torch.Tensor | None  # (n_images, 3, H, W)
     pixel_attention_mask: torch.Tensor | None
+    # how `collate` lays images out for the model (see `image_layout`)
+    layout: str = "tiles"
+    image_token_id: int | None = None  # layout "cross": the token each image is announced by
+
+
+def image_layout(processor) -> str:
+    """How `collate` lays images out for this processor's model.
+
+    "tiles": (batch, images, 3, H, W) + pixel_attention_mask (Idefics2/3);
+    "flat": (images, 3, H, W) (LLaVA); "cross": (batch, images, 3, H, W) +
+    image_attention_mask, each token seeing the latest image before it (Idefics/Flamingo)."""
+    name = type(processor).__name__
+    return {"LlavaProcessor": "flat", "IdeficsProcessor": "cross"}.get(name, "tiles")
 
 
 class ChatEncoder:
@@ -57,22 +70,38 @@ class ChatEncoder:
         self.max_length = max_length
         self.header_ids = self.tokenizer(assistant_header, add_special_tokens=False).input_ids
         self.end_id = self.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+        self.layout = image_layout(processor)
+        # IdeficsProcessor drops its chat template on reload; the tokenizer keeps the same one
+        self._templater = processor if getattr(processor, "chat_template", None) else self.tokenizer
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids("<image>")
 
     def tokenize(self, text: str, images: list[Image.Image]) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
+        if self.layout == "cross":  # the template already placed one <image> per image
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            if not images:  # an all-zero image nothing attends to: Idefics always wants pixels
+                size = self.processor.image_processor.image_size
+                return ids, torch.zeros((1, 3, size, size)), None
+            pixels = self.processor.image_processor(images, return_tensors="pt")  # a bare tensor
+            return ids, getattr(pixels, "pixel_values", pixels), None
         if images:
             enc = self.processor(text=[text], images=[images], return_tensors="pt")
+            if self.layout == "flat":
+                return enc.input_ids[0].tolist(), enc.pixel_values, None
             return enc.input_ids[0].tolist(), enc.pixel_values[0], enc.pixel_attention_mask[0]
         return self.tokenizer(text, add_special_tokens=False).input_ids, None, None
 
+    def _encoded(self, ids: list[int], labels: list[int], pixels, pmask) -> Encoded:
+        return Encoded(ids, labels, pixels, pmask, self.layout, self.image_token_id)
+
     def encode(self, messages: list[dict], images: list[Image.Image]) -> Encoded | None:
         """Whole conversation; labels on assistant tokens. None when over max_length."""
-        text = self.processor.apply_chat_template(messages, tokenize=False)
+        text = self._templater.apply_chat_template(messages, tokenize=False)
         ids, pixels, pmask = self.tokenize(text, images)
         if len(ids) > self.max_length:
             return None
         mask = assistant_mask(ids, self.header_ids, self.end_id)
         labels = [t if m else IGNORE for t, m in zip(ids, mask, strict=True)]
-        return Encoded(ids, labels, pixels, pmask)
+        return self._encoded(ids, labels, pixels, pmask)
 
     def encode_with_answer(self, messages: list[dict], images: list[Image.Image], answer: str) -> Encoded | None:
         """Prompt `messages` plus one assistant `answer` (for preference pairs)."""
@@ -81,9 +110,9 @@ class ChatEncoder:
 
     def prompt(self, messages: list[dict], images: list[Image.Image]) -> Encoded:
         """Generation prompt (no labels), for evaluation."""
-        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        text = self._templater.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         ids, pixels, pmask = self.tokenize(text, images)
-        return Encoded(ids, [IGNORE] * len(ids), pixels, pmask)
+        return self._encoded(ids, [IGNORE] * len(ids), pixels, pmask)
 
 
 def collate(items: list[Encoded], pad_id: int, padding_side: str = "right") -> dict[str, torch.Tensor]:
@@ -104,6 +133,12 @@ def collate(items: list[Encoded], pad_id: int, padding_side: str = "right") -> d
         attn[row, sl] = 1
     batch = {"input_ids": ids, "attention_mask": attn, "labels": labels}
     with_images = [it for it in items if it.pixel_values is not None]
+    if items[0].layout == "flat":
+        if with_images:
+            batch["pixel_values"] = torch.cat([it.pixel_values for it in with_images])
+        return batch
+    if items[0].layout == "cross":
+        return _cross_attention_images(batch, items, with_images)
     if with_images:
         n_img = max(it.pixel_values.shape[0] for it in with_images)
         _, c, h, w = with_images[0].pixel_values.shape
@@ -116,4 +151,26 @@ def collate(items: list[Encoded], pad_id: int, padding_side: str = "right") -> d
                 pmask[row, :k] = it.pixel_attention_mask.bool()
         batch["pixel_values"] = pixels
         batch["pixel_attention_mask"] = pmask
+    return batch
+
+
+def _cross_attention_images(batch: dict, items: list[Encoded], with_images: list[Encoded]) -> dict:
+    """Idefics/Flamingo inputs: every row gets image slots (a text-only sample brings one
+    all-zero image that no token attends to, as the Idefics processor does) and each token
+    attends to the latest image announced before it."""
+    ids = batch["input_ids"]
+    n_img = max(it.pixel_values.shape[0] for it in with_images)
+    _, c, h, w = with_images[0].pixel_values.shape
+    pixels = torch.zeros((len(items), n_img, c, h, w))
+    mask = torch.zeros((*ids.shape, n_img), dtype=torch.bool)
+    for row, it in enumerate(items):
+        if it.pixel_values is None:
+            continue
+        pixels[row, : it.pixel_values.shape[0]] = it.pixel_values
+        is_image = (ids[row] == it.image_token_id) & batch["attention_mask"][row].bool()
+        latest = is_image.long().cumsum(0) - 1  # -1 before the first image
+        seen = (latest >= 0) & batch["attention_mask"][row].bool()
+        mask[row, seen, latest[seen]] = True
+    batch["pixel_values"] = pixels
+    batch["image_attention_mask"] = mask
     return batch

@@ -4,22 +4,26 @@ Samples that cannot fit `max_length` with all their image tokens (and, for
 preference pairs, the whole prompt and both answers) are skipped and counted
 (`skipped`), never truncated.
 
-Text-only sources can be mixed in at a fixed ratio (`MixedSamples`); supervised
-batches can be packed (several conversations per row, see `packing`).
+Text-only sources can be mixed in at a fixed ratio (`MixedSamples`), or every source
+drawn by weight (`MixtureSamples`, a stage's `mixture`, realised counts in `counts`);
+supervised batches can be packed (several conversations per row, see `packing`).
 """
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from components.data.params import TEXT_ONLY_SOURCES
 from components.data.sample import Sample
 from components.data.shards import read_samples
 from components.training.batching import ChatEncoder, Encoded, collate
 from components.training.packing import RowPacker, collate_packed
 
-TEXT_ONLY_SOURCES = ("text",)
+SHUFFLE_BUFFER = 1000  # decoded samples held for shuffling, shared out among a mixture's sources
 
 
 def shard_paths(shards_dir: Path, split: str, sources: list[str]) -> list[Path]:
@@ -70,9 +74,54 @@ class MixedSamples:
             yield next(text) if self.rng.random() < self.text_ratio else next(image)
 
 
-def sample_stream(shards_dir: Path, sources: list[str], seed: int,
-                  text_ratio: float | None = None) -> SampleStream | MixedSamples:
-    """The train samples of `sources`: their natural mixture, or text-only sources at `text_ratio`."""
+class MixtureSamples:
+    """Endless samples, each drawn from source s with probability weight[s] / sum(weights).
+
+    The draws are a pure function of `seed` and the weights; `counts` holds the realised
+    number of samples drawn per source so far.
+    """
+
+    def __init__(self, streams: Mapping[str, Iterable[Sample]], weights: Mapping[str, float], seed: int):
+        if set(streams) != set(weights):
+            raise ValueError(f"mixture weights {sorted(weights)} != streams {sorted(streams)}")
+        if not weights or any(not w > 0 for w in weights.values()):
+            raise ValueError(f"mixture weights must be > 0, got {dict(weights)}")
+        self.names = list(weights)
+        self.streams = dict(streams)
+        self.cumulative = list(itertools.accumulate(float(weights[n]) for n in self.names))
+        self.rng = random.Random(seed)
+        self.counts = {n: 0 for n in self.names}
+
+    def draw(self) -> str:
+        """The source of the next sample."""
+        x = self.rng.random() * self.cumulative[-1]
+        return self.names[min(bisect.bisect_right(self.cumulative, x), len(self.names) - 1)]
+
+    def __iter__(self) -> Iterator[Sample]:
+        its = {n: iter(s) for n, s in self.streams.items()}
+        while True:
+            name = self.draw()
+            self.counts[name] += 1
+            yield next(its[name])
+
+
+def mixture_stream(shards_dir: Path, mixture: Mapping[str, float], seed: int) -> MixtureSamples:
+    """The train samples of a stage's `mixture` (source -> weight), one shuffled stream per source."""
+    buffer = max(64, SHUFFLE_BUFFER // len(mixture))
+    streams = {s: SampleStream(shard_paths(shards_dir, "train", [s]), seed=seed + 1 + i, buffer=buffer)
+               for i, s in enumerate(mixture)}
+    return MixtureSamples(streams, mixture, seed)
+
+
+def sample_stream(shards_dir: Path, sources: list[str], seed: int, text_ratio: float | None = None,
+                  mixture: Mapping[str, float] | None = None,
+                  ) -> SampleStream | MixedSamples | MixtureSamples:
+    """The train samples of `sources`: drawn by `mixture` weight when given, else their natural
+    mixture, or text-only sources at `text_ratio`."""
+    if mixture:
+        if text_ratio is not None:
+            raise ValueError("give the text share as the mixture weight of 'text', not text_ratio")
+        return mixture_stream(shards_dir, mixture, seed)
     if text_ratio is None:
         return SampleStream(shard_paths(shards_dir, "train", sources), seed=seed)
     text = [s for s in sources if s in TEXT_ONLY_SOURCES]

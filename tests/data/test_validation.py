@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 from components.data.validation import (
-    SOURCE_TASK,
     DataValidationError,
     ExpectationFailure,
     ManifestSuite,
@@ -21,6 +20,10 @@ from components.data.validation import (
     validate_manifest,
     validate_manifest_file,
 )
+
+# the synthetic pipeline's registered sources, one task each
+SOURCE_TASK = {"scenes_caption": "caption", "scenes_vqa": "vqa", "ocr": "ocr", "text": "text",
+               "preference": "preference"}
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = list(SOURCE_TASK)
@@ -300,3 +303,69 @@ def test_import_is_lazy_and_validation_stays_offline() -> None:
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"lazy": True, "ok": True, "attempts": [], "banned": [], "env": "False"}
     assert "Calculating Metrics" not in out.stderr  # progress bars off
+
+
+# --- task registry and the ingest ledger suite ----------------------------------------------
+
+
+def test_known_tasks_follow_the_generator_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from components.data import params
+    from components.data.validation import known_tasks, synthetic_source_tasks
+
+    assert {s: t[0] for s, t in synthetic_source_tasks().items()} == params.SOURCE_TASK
+    assert SOURCE_TASK.items() <= params.SOURCE_TASK.items()
+    row = make_row(0, "text") | {"source": "new_family", "task": "new_qa"}
+    assert not validate_manifest([row, make_row(1, "ocr")], "train").success
+    monkeypatch.setitem(params.SOURCE_TASK, "new_family", "new_qa")
+    assert synthetic_source_tasks()["new_family"] == ("new_qa",)
+    assert {"new_qa", "interleaved", "instruct"} <= set(known_tasks())
+    assert validate_manifest([row, make_row(1, "ocr")], "train").success
+
+
+def ledger_rows(n_ok: int, bad: list[str]) -> list[dict[str, Any]]:
+    rows = [{"key": f"k{i}", "location": f"f.jsonl:{i}", "status": "accepted", "rule": None}
+            for i in range(n_ok)]
+    rows += [{"key": f"q{i}", "location": f"f.jsonl:{n_ok + i}", "status": "quarantined",
+              "rule": rule} for i, rule in enumerate(bad)]
+    return rows
+
+
+def test_ledger_suite_passes_a_balanced_ledger_under_the_threshold() -> None:
+    from components.data.quarantine import RULES
+    from components.data.validation import validate_ledger
+
+    report = validate_ledger(ledger_rows(9, ["image_decode"]), "ledger", read=10,
+                             max_quarantine_rate=0.1, rules=RULES)
+    assert report.success, report.message()
+
+
+def test_ledger_suite_catches_imbalance_bad_rules_and_the_rate() -> None:
+    from components.data.quarantine import RULES
+    from components.data.validation import validate_ledger
+
+    rows = ledger_rows(6, ["image_decode", "no_such_rule", None])
+    rows[0]["rule"] = "image_decode"  # accepted but with a rule
+    rows[2]["key"] = rows[1]["key"]  # duplicate accepted key
+    rows[3]["status"] = "lost"
+    report = validate_ledger(rows, "ledger", read=10, max_quarantine_rate=0.1, rules=RULES)
+    got = {(f.expectation, f.column, f.condition) for f in report.failures}
+    assert got == {
+        ("expect_table_row_count_to_equal", "table", None),
+        ("expect_column_distinct_values_to_be_in_set", "status", None),
+        ("expect_column_values_to_be_unique", "key", "status == 'accepted'"),
+        ("expect_column_values_to_be_null", "rule", "status == 'accepted'"),
+        ("expect_column_values_to_not_be_null", "rule", "status == 'quarantined'"),
+        ("expect_column_values_to_be_in_set", "rule", "status == 'quarantined'"),
+        ("expect_column_values_to_be_in_set", "status", None),  # 4 of 9 not accepted > 10 %
+    }
+
+
+def test_task_family_image_counts() -> None:
+    rows = clean_rows(10)
+    rows[0].update(n_images=0, n_image_placeholders=0, min_width=0, min_height=0, max_width=0,
+                   max_height=0)  # a caption without an image
+    rows[3].update(n_images=1, n_image_placeholders=1, min_width=32, min_height=24,
+                   max_width=32, max_height=24)  # a text task with one
+    report = validate_manifest(rows, "train")
+    got = {f.condition.split(",")[0]: f.examples for f in report.failures}
+    assert got == {"task IN ['caption'": [rows[0]["key"]], "task IN ['text']": [rows[3]["key"]]}

@@ -222,12 +222,15 @@ def test_openai_judge_parses_ratings_and_caches(tmp_path, monkeypatch):
         assert first[1].output == CANNED["top left corner"]
 
         assert len(server.requests) == 2  # one per distinct prompt, none for the exact match
-        for request, item in zip(server.requests, HTTP_ITEMS[1:3], strict=False):
+        # requests run concurrently: they may arrive in any order
+        expected = sorted(lave_prompt(item) for item in HTTP_ITEMS[1:3])
+        assert sorted(r["body"]["messages"][0]["content"] for r in server.requests) == expected
+        for request in server.requests:
             assert request["path"] == "/v1/chat/completions"
             assert request["headers"]["Authorization"] == "Bearer sk-test"
             assert request["body"] == {
                 "model": "judge-llm", "temperature": 0, "max_tokens": 32,
-                "messages": [{"role": "user", "content": lave_prompt(item)}]}
+                "messages": [{"role": "user", "content": request["body"]["messages"][0]["content"]}]}
         assert len(list(cache_dir.rglob("*.json"))) == 2
 
         again = OpenAIJudge("judge-llm", server.base_url, cache_dir=cache_dir,

@@ -78,4 +78,4 @@ def test_unfreezing_schedule_is_enforced(backbones, tokenizer):
     with pytest.raises(ValueError, match="schedule names"):
         apply_unfreezing(model, {"vision": "frozen"})
     with pytest.raises(ValueError, match="unknown mode"):
-        apply_unfreezing(model, {"vision": "lora", "connector": "full", "text": "full"})
+        apply_unfreezing(model, {"vision": "sparse", "connector": "full", "text": "full"})

@@ -18,6 +18,7 @@ def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("stage-shards")
     for source in ("scenes_vqa", "text", "preference"):
         write_shard(generate_samples(source, 0, "train", 0, 24, image_size=32), root / "train" / f"{source}-0000.tar")
+        write_shard(generate_samples(source, 0, "val", 0, 8, image_size=32), root / "val" / f"{source}-0000.tar")
     return root
 
 
@@ -47,3 +48,34 @@ def test_align_logs_reward_metrics_every_step(backbones, tokenizer, shards):
     for row in logged:
         assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
                 "loss/preference", "loss/sft"} <= set(row)
+
+
+def test_a_stage_draws_its_mixture_by_weight_and_reports_the_counts(backbones, tokenizer, shards):
+    model = assemble_idefics3(*backbones, tokenizer, scale_factor=2)
+    processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
+    stage = Stage(name="s", kind="pretrain", longest_edge=32, mixture={"scenes_vqa": 3, "text": 1},
+                  unfreeze={"vision": "frozen", "connector": "full", "text": "full"},
+                  train={"steps": 4, "batch_size": 8, "log_every": 2})
+    run = run_stage(model, processor, stage, shards, LoopConfig(steps=4, log_every=2, warmup_steps=1),
+                    max_length=256)
+    counts = run.source_counts
+    assert set(counts) == {"scenes_vqa", "text"} and sum(counts.values()) >= 32
+    assert counts["scenes_vqa"] > counts["text"] > 0
+
+
+@pytest.mark.parametrize("kind,sources", [("sft", ["scenes_vqa", "text"]), ("align", ["preference"])])
+def test_validation_loss_and_answers_every_eval_every_steps(backbones, tokenizer, shards, kind, sources):
+    model = assemble_idefics3(*backbones, tokenizer, scale_factor=2)
+    processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
+    stage = _stage(kind=kind, sources=sources)
+    logged = []
+    run = run_stage(model, processor, stage, shards,
+                    LoopConfig(steps=4, log_every=4, warmup_steps=1, eval_every=2), max_length=256,
+                    on_log=lambda step, row: logged.append((step, row)))
+    evals = run.result.evals
+    assert [e["step"] for e in evals] == [2, 4]
+    assert all(e["val_loss"] > 0 and 0 <= e["val_answer_accuracy"] <= 1 for e in evals)
+    assert evals[0]["val_loss"] != evals[1]["val_loss"]  # the model changed in between
+    assert (2, {k: v for k, v in evals[0].items() if k != "step"}) in logged
+    if kind == "align":
+        assert "val_rewards/accuracies" in evals[0]

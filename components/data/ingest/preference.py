@@ -1,0 +1,43 @@
+"""Preference JSONL (RLAIF-V-like): ``{prompt | question, chosen, rejected, image?, id?}``.
+
+``image`` is a path under --images (or the JSONL's folder); a missing image means a
+text-only pair.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from components.data.ingest.fields import field, text
+from components.data.ingest.images import as_image_ref
+from components.data.ingest.records import Candidate, Item, input_files, map_rows, table_rows
+from components.data.sample import user_turn
+
+FORMAT = "preference"
+TASKS = ("preference",)
+SUFFIXES = (".jsonl", ".parquet")
+
+
+def read(source: Path, images: Path | None) -> Iterator[Item]:
+    for path in input_files(source, SUFFIXES):
+        yield from map_rows(table_rows(path), FORMAT, path.stem, mapper, ("id", "idx"))
+
+
+def mapper(row: Any, key: str) -> Candidate:
+    name = "prompt" if isinstance(row, dict) and "prompt" in row else "question"
+    prompt = text(row, name).strip()
+    chosen = text(row, "chosen").strip()
+    rejected = text(row, "rejected").strip()
+    image = field(row, "image", (str, bytes, dict), optional=True)
+    refs = [] if image is None else [as_image_ref(image, "image")]
+    record = {
+        "task": "preference",
+        "source": FORMAT,
+        "messages": [user_turn(prompt, len(refs))],
+        "chosen": chosen,
+        "rejected": rejected,
+        "answers": [chosen],
+    }
+    return Candidate(key, "", record, refs)
