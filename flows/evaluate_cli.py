@@ -56,7 +56,8 @@ def resolve_version(recipe, data, ref: str | None) -> tuple[str, str]:
 
 def evaluate_command(recipe, data, args: argparse.Namespace) -> int:
     """What `vlmforge evaluate` does once the recipe and its data are known."""
-    from flows.evaluate import DEFAULT_SUITE, evaluate_flow, load_suite_config
+    from flows.evaluate import evaluate_flow
+    from flows.suites import DEFAULT_SUITE, load_suite_config
 
     try:
         specs = load_suite_config(args.suite_config) if args.suite_config else {}

@@ -14,6 +14,7 @@ from flows.backbones import BackboneOutcome, backbones_flow
 from flows.data import DataVersion, data_flow
 from flows.evaluate import EvalOutcome, evaluate_flow
 from flows.lineage import git_sha, markdown_table, publish_markdown, publish_model_card, run_link
+from flows.stage_comparison import COLUMNS
 from flows.summary import KEY_METRICS, SHORT, Row, render
 from flows.training import STAGE_FLOWS, StageOutcome
 
@@ -40,7 +41,8 @@ class PipelineResult:
     def summary(self, model_name: str) -> str:
         ev = self.evaluation
         return render(self.rows(model_name), ev.metrics, ev.champion, model_name, ev.reason,
-                      self.data.version, self.seconds)
+                      self.data.version, self.seconds,
+                      ev.comparison.render() if ev.comparison is not None else "")
 
     def markdown(self, model_name: str) -> str:
         """The summary as markdown, with links to the MLflow runs (a Prefect artifact)."""
@@ -58,6 +60,9 @@ class PipelineResult:
                            stages),
             "## Benchmark scores (held-out test split)",
             markdown_table(["metric", "score"], scores) if scores else "_none_",
+            *(["## Every stage on the held-out test split",
+               markdown_table(["stage", "version", *COLUMNS.values()], ev.comparison.table())]
+              if ev.comparison is not None else []),
             f"**registry:** `models:/{model_name}@champion` -> version {ev.champion} "
             f"({ev.reason})",
         ]) + "\n"
@@ -76,8 +81,11 @@ def pipeline(recipe: Recipe, force: bool = False) -> PipelineResult:
         for kind in ("pretrain", "sft", "align"):
             stages += STAGE_FLOWS[kind](recipe, data, backbones, parent_run_id=run_id, force=force,
                                         previous_version=stages[-1].version if stages else None)
-        evaluation = evaluate_flow(recipe, stages[-1].version, data, parent_run_id=run_id, force=force)
+        evaluation = evaluate_flow(recipe, stages[-1].version, data, parent_run_id=run_id, force=force,
+                                   stage_versions={s.stage: s.version for s in stages})
         registry.log_metrics({f"final_{k}": v for k, v in evaluation.metrics.items()})
+        if evaluation.comparison is not None:
+            registry.log_metrics(evaluation.comparison.checks)
         registry.set_tags({"final_version": stages[-1].version, "champion": evaluation.champion})
     if not evaluation.cached:  # the evaluated version's card gains its scores
         publish_model_card(recipe, evaluation.version)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SHORT = {"loss_last": "loss", "zero_shot_caption_retrieval": "retrieval",
-         "heldout_vqa_colour_accuracy": "colour", "heldout_vqa_count_accuracy": "count",
-         "heldout_vqa_position_accuracy": "position", "heldout_vqa_existence_accuracy": "exists",
-         "heldout_ocr_accuracy": "ocr", "heldout_text_accuracy": "text",
-         "heldout_existence_hallucination_rate": "halluc"}
+SHORT = {"loss_first": "loss_first", "loss_last": "loss",
+         "zero_shot_caption_retrieval": "retrieval"}
 KEY_METRICS = tuple(SHORT)
 
 
@@ -28,7 +25,7 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
 
 
 def render(rows: list[Row], scores: dict[str, float], champion: str | None, model_name: str,
-           promotion: str, data_version: str, wall: float) -> str:
+           promotion: str, data_version: str, wall: float, per_stage: str = "") -> str:
     header = f"{'stage':<22}{'mlflow run':<34}{'version':<16}{'trainable':>11}{'wall s':>8}  metrics"
     lines = ["", f"vlmforge run: {model_name}, data version {data_version}, {wall:.0f}s wall", "",
              header, "-" * len(header)]
@@ -38,6 +35,8 @@ def render(rows: list[Row], scores: dict[str, float], champion: str | None, mode
                      f"{wall_s:>8}  {_fmt_metrics(r.metrics)}")
     lines += ["", "benchmark scores (held-out test split):"]
     lines += [f"  {k:<32}{v:.3f}" for k, v in sorted(scores.items())]
+    if per_stage:
+        lines += ["", "every stage on the held-out test split:", per_stage]
     lines += ["", f"registry: models:/{model_name}@champion -> version {champion}  ({promotion})",
               "browse runs, curves, sample predictions and the registry:  vlmforge ui", ""]
     return "\n".join(lines)

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from components.data.sample import Sample, message_text
+from components.evaluation.caption_hallucination import chair, hallucinated_mentions
 from components.evaluation.caption_metrics import caption_scores
 from components.evaluation.exact_match import exact_match
 from components.evaluation.generate import generate_answers
-from components.evaluation.yes_no import yes_no_metrics
+from components.evaluation.yes_no import is_yes, yes_no_metrics
 from components.training.batching import ChatEncoder
 
 
@@ -31,20 +32,26 @@ def score_predictions(samples: Sequence[Sample], predictions: Sequence[str]) -> 
     rows, per_group = [], defaultdict(list)
     yes_no_preds, yes_no_labels = [], []
     captions_pred, captions_ref = {}, {}
+    caption_objects: list[tuple[str, list[dict]]] = []
     for sample, pred in zip(samples, predictions, strict=True):
         rec = sample.record
         task, qtype = rec["task"], rec.get("qtype", "")
         score = exact_match(pred, rec["answers"])
         if task == "caption":
             captions_pred[sample.key], captions_ref[sample.key] = pred, rec["answers"]
+            if "objects" in rec:
+                caption_objects.append((pred, rec["objects"]))
         else:
             per_group[f"vqa_{qtype}" if task == "vqa" else task].append(score)
         if qtype == "existence":
             yes_no_preds.append(pred)
             yes_no_labels.append(not rec["absent"])
         question = message_text(prompt_messages(rec)[-1])
-        rows.append({"key": sample.key, "task": task, "qtype": qtype, "question": question,
-                     "prediction": pred, "answers": rec["answers"], "score": score})
+        row = {"key": sample.key, "task": task, "qtype": qtype, "question": question,
+               "prediction": pred, "answers": rec["answers"], "score": score}
+        if task == "caption" and "objects" in rec:
+            row["hallucinated"] = hallucinated_mentions(pred, rec["objects"])
+        rows.append(row)
     metrics = {f"{group}_accuracy": sum(v) / len(v) for group, v in sorted(per_group.items())}
     vqa = [s for g, v in per_group.items() if g.startswith("vqa_") for s in v]
     if vqa:
@@ -55,7 +62,26 @@ def score_predictions(samples: Sequence[Sample], predictions: Sequence[str]) -> 
     if captions_pred:
         scores = caption_scores(captions_pred, captions_ref, metrics=("CIDEr",))
         metrics["caption_cider"] = scores["CIDEr"]
+    metrics.update(hallucination_metrics(yes_no_preds, yes_no_labels, caption_objects))
     return SuiteResult(metrics, rows)
+
+
+def hallucination_metrics(yes_no_preds: Sequence[str], yes_no_labels: Sequence[bool],
+                          captions: Sequence[tuple[str, list[dict]]]) -> dict[str, float]:
+    """Caption CHAIR and the pooled ``hallucination_rate``: the share of probes answered with
+    an absent object, a probe being an absent-object "is there" question (said yes) or a
+    scene caption (names an object the scene lacks)."""
+    out: dict[str, float] = {}
+    if captions:
+        c = chair([p for p, _ in captions], [o for _, o in captions])
+        out = {"caption_hallucination_rate": c["chair_s"], "caption_chair_i": c["chair_i"]}
+    absent = [p for p, present in zip(yes_no_preds, yes_no_labels, strict=True) if not present]
+    probes = len(absent) + len(captions)
+    if probes:
+        said_yes = sum(is_yes(p) for p in absent)
+        bad_captions = out.get("caption_hallucination_rate", 0.0) * len(captions)
+        out["hallucination_rate"] = (said_yes + bad_captions) / probes
+    return out
 
 
 def evaluate_suite(model, encoder: ChatEncoder, samples: Sequence[Sample], *,

@@ -22,19 +22,12 @@ from components.data.scenes import generate_caption, generate_vqa
 from components.data.shards import write_shard
 from components.data.text_tasks import generate as generate_text
 from components.recipe import load_recipe
+from flows.benchmarks import official_metrics, score_official
 from flows.data import DataVersion
-from flows.evaluate import (
-    DEFAULT_SUITE,
-    SuiteSpec,
-    evaluate_flow,
-    load_suite_config,
-    official_metrics,
-    parse_suites,
-    resolve_suites,
-    score_official,
-)
+from flows.evaluate import evaluate_flow
 from flows.evaluate_cli import add_evaluate_parser, evaluate_command, parse_model_ref
 from flows.score import add_score_parser
+from flows.suites import DEFAULT_SUITE, SuiteSpec, load_suite_config, parse_suites, resolve_suites
 from registry.tracking import client
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

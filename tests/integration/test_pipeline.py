@@ -105,6 +105,30 @@ def test_first_run_promotes_the_final_version_to_champion(runs):
     assert "vlmforge ui" in summary
 
 
+def test_evaluate_scores_every_stage_version_and_compares_sft_with_aligned(runs):
+    recipe, first, second = runs
+    comparison = first.evaluation.comparison
+    assert comparison.versions == {s.stage: s.version for s in first.stages}
+    sft, align = recipe.stages_of("sft")[0].name, recipe.stages_of("align")[0].name
+    for stage, version in comparison.versions.items():  # each version carries its own scores
+        recorded = registry.read_metrics(recipe.registered_model, version)
+        assert recorded["hallucination_rate"] == pytest.approx(comparison.metrics[stage]["hallucination_rate"])
+    checks = comparison.checks
+    assert checks["align_hallucination_before"] == comparison.metrics[sft]["hallucination_rate"]
+    assert checks["align_hallucination_after"] == comparison.metrics[align]["hallucination_rate"]
+    assert checks["align_vqa_drop_points"] == pytest.approx(
+        100 * (comparison.metrics[sft]["vqa_accuracy"] - comparison.metrics[align]["vqa_accuracy"]))
+    before = recipe.previous_stage(recipe.stages_of("sft")[0]).name
+    assert checks["sft_text_accuracy_before"] == comparison.metrics[before]["text_accuracy"]
+    run = registry.get_run(comparison.run_id)
+    assert run["parent_run_id"] == first.run_id
+    assert run["metrics"][f"{align}.hallucination_rate"] == checks["align_hallucination_after"]
+    assert "align_vqa_drop_points" in registry.get_run(first.run_id)["metrics"]
+    assert "every stage on the held-out test split" in first.summary(recipe.registered_model)
+    for stage, metrics in second.evaluation.comparison.metrics.items():  # reused, not rerun
+        assert metrics == pytest.approx(comparison.metrics[stage])
+
+
 def test_unchanged_rerun_reuses_data_and_every_stage(runs):
     _, first, second = runs
     assert second.data.version == first.data.version
