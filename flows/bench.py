@@ -11,6 +11,8 @@
   training samples/s (ratio = loader / training, goal >= 5); see flows/bench_loader.py.
 - overhead: the platform's training loop vs a bare PyTorch loop, tiny VLM at 64 px (ratio =
   platform / bare seconds per step; goal <= 1.03); see flows/bench_overhead.py.
+- packing: padding share of the recipe's SFT batches without vs with sequence packing (ratio =
+  unpacked / packed); see flows/bench_packing.py.
 - pixel-shuffle: image tokens and step time with pixel-shuffle factor 1 vs 2 vs 4 (ratio = factor-1
   / factor-4 step time); see flows/bench_pixel_shuffle.py.
 """
@@ -53,7 +55,8 @@ def bench_rerun(recipe: str) -> dict:
             "ratio": round(second / first, 3)}
 
 
-BENCHES = ("rerun", "startup", "generation", "serve", "dask", "overhead", "pixel-shuffle", "loader")
+BENCHES = ("rerun", "startup", "generation", "serve", "dask", "overhead", "pixel-shuffle", "loader",
+           "packing")
 
 
 def run_bench(name: str, recipe: str, as_json: bool = False,
@@ -74,6 +77,10 @@ def run_bench(name: str, recipe: str, as_json: bool = False,
         from flows.bench_overhead import bench_overhead
 
         result = bench_overhead(recipe_path=recipe)
+    elif name == "packing":
+        from flows.bench_packing import bench_packing
+
+        result = bench_packing(recipe_path=recipe)
     elif name == "pixel-shuffle":
         from flows.bench_pixel_shuffle import bench_pixel_shuffle
 

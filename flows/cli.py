@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="measurements side by side, each with a ratio")
     bench.add_argument("name", choices=list(BENCHES))
-    bench.add_argument("--recipe", default="configs/tiny.yaml", help="for rerun and dask")
+    bench.add_argument("--recipe", default="configs/tiny.yaml", help="the recipe measured")
     bench.add_argument("--model", default="models:/vlm-tiny@champion", help="for serve")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)

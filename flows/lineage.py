@@ -96,8 +96,14 @@ def card_context(recipe: Recipe) -> dict:
                                          "patch_size") if key in spec.config)
             if size and backbones[role] == f"registered:{spec.registered_model}":
                 backbones[role] += f" ({size})"
-    architecture = (f"{m.architecture}: vision encoder, pixel-shuffle connector (scale factor "
-                    f"{m.scale_factor}), causal LM; max length {m.max_length}")
+    connector = {
+        "idefics3": f"pixel-shuffle connector (scale factor {m.scale_factor})",
+        "llava": "MLP projector" + (f", fused with {m.fusion_vision}" if m.fusion_vision else ""),
+        "idefics2": f"perceiver resampler ({m.resampler_latents} latents)",
+        "idefics": f"perceiver resampler ({m.resampler_latents} latents) and gated "
+                   f"cross-attention every {m.cross_layer_interval} LM layer(s), LM frozen",
+    }[m.architecture]
+    architecture = f"{m.architecture}: vision encoder, {connector}, causal LM; max length {m.max_length}"
     return {"architecture": architecture, "backbones": backbones}
 
 

@@ -36,9 +36,11 @@ class StageComparison:
 
     def render(self) -> str:
         """Plain-text table for the terminal summary."""
-        head = f"{'stage':<20}{'version':<9}" + "".join(f"{c:>15}" for c in COLUMNS.values())
-        lines = [head]
-        lines += [f"{r[0]:<20}{r[1]:<9}" + "".join(f"{c:>15}" for c in r[2:]) for r in self.table()]
+        widths = [max(len(c), 4) + 3 for c in COLUMNS.values()]
+        head = f"{'stage':<20}{'version':<9}" + "".join(
+            f"{c:>{w}}" for c, w in zip(COLUMNS.values(), widths, strict=True))
+        lines = [head] + [f"{r[0]:<20}{r[1]:<9}" + "".join(
+            f"{c:>{w}}" for c, w in zip(r[2:], widths, strict=True)) for r in self.table()]
         lines += [f"  {k} = {v:.3f}" for k, v in self.checks.items()]
         return "\n".join(lines)
 
