@@ -233,7 +233,8 @@ def evaluate_flow(recipe: Recipe, version: str, data: DataVersion | None,
     if stage_versions and DEFAULT_SUITE in specs:
         from flows.stage_comparison import compare_stages
 
-        outcome.comparison = compare_stages(recipe, stage_versions, data, parent_run_id, force)
+        outcome.comparison = compare_stages(recipe, stage_versions, data, parent_run_id, force,
+                                            scored={version: outcome.metrics})
         logger.info("stage comparison: %s", outcome.comparison.checks)
     logger.info("v%s: %s (champion: v%s)", version, outcome.reason, outcome.champion)
     return outcome

@@ -3,7 +3,8 @@
 The work is components.data.ingest (no Prefect, no MLflow); this module parses the
 arguments, prints the JSON summary and logs the counts per rule to an MLflow run
 ``ingest`` (``--no-mlflow`` to skip). Exit 1, with the reason on stderr, when the
-quarantine rate passes ``--max-quarantine-rate`` or a Great Expectations suite fails.
+quarantine rate passes ``--max-quarantine-rate`` (or the ``--recipe``'s
+``data.max_quarantine_rate``) or a Great Expectations suite fails.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from components.data.validation import DataValidationError
 
     limits = Limits(args.min_side, args.max_side, args.max_text_chars)
+    if args.max_quarantine_rate is None:
+        args.max_quarantine_rate = _recipe_threshold(args.recipe)
     error: Exception | None = None
     try:
         summary = ingest(args.format, args.source, args.out, args.images, split=args.split,
@@ -48,6 +51,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"vlmforge ingest: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _recipe_threshold(recipe: str | None) -> float:
+    """The recipe's `data.max_quarantine_rate` (the data section's default without a recipe)."""
+    from components.data.params import DataParams
+    from components.recipe import load_recipe
+
+    return (load_recipe(recipe).data if recipe else DataParams()).max_quarantine_rate
 
 
 def log_ingest(summary: dict[str, Any], args: argparse.Namespace, error: Exception | None) -> str:
@@ -95,8 +106,10 @@ def add_ingest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     p.add_argument("--out", required=True, help="output folder (shards/, quarantine/, ...)")
     p.add_argument("--split", default="train")
     p.add_argument("--shard-size", type=int, default=1000)
-    p.add_argument("--max-quarantine-rate", type=float, default=0.05,
-                   help="fail when a larger fraction of records is quarantined (default 0.05)")
+    p.add_argument("--max-quarantine-rate", type=float, default=None,
+                   help="fail when a larger fraction of records is quarantined (default: the "
+                        "recipe's data.max_quarantine_rate, 0.05 without a recipe)")
+    p.add_argument("--recipe", default=None, help="recipe whose data section gives the threshold")
     p.add_argument("--min-side", type=int, default=8)
     p.add_argument("--max-side", type=int, default=4096)
     p.add_argument("--max-text-chars", type=int, default=20000)

@@ -101,7 +101,7 @@ def card_context(recipe: Recipe) -> dict:
         "llava": "MLP projector" + (f", fused with {m.fusion_vision}" if m.fusion_vision else ""),
         "idefics2": f"perceiver resampler ({m.resampler_latents} latents)",
         "idefics": f"perceiver resampler ({m.resampler_latents} latents) and gated "
-                   f"cross-attention every {m.cross_layer_interval} LM layer(s), LM frozen",
+                   f"cross-attention every {m.cross_layer_interval} LM layer(s)",
     }[m.architecture]
     architecture = f"{m.architecture}: vision encoder, {connector}, causal LM; max length {m.max_length}"
     return {"architecture": architecture, "backbones": backbones}

@@ -71,12 +71,16 @@ def alignment_checks(recipe: Recipe, metrics: dict[str, dict[str, float]]) -> di
 
 
 def compare_stages(recipe: Recipe, versions: dict[str, str], data: DataVersion,
-                   parent_run_id: str | None, force: bool) -> StageComparison:
-    """Score every stage's version (default suite, reused when already scored) and log the
-    comparison: one MLflow run with ``<stage>.<metric>`` and the checks, a Prefect table."""
+                   parent_run_id: str | None, force: bool,
+                   scored: dict[str, dict[str, float]] | None = None) -> StageComparison:
+    """Score every stage's version (default suite, reused when already scored, or taken from
+    ``scored``: version -> metrics of this run) and log the comparison: one MLflow run with
+    ``<stage>.<metric>`` and the checks, a Prefect table."""
     from flows.evaluate import evaluate_version
 
-    metrics = {stage: evaluate_version(recipe, version, data, parent_run_id, force).metrics
+    scored = scored or {}
+    metrics = {stage: scored[version] if version in scored else
+               evaluate_version(recipe, version, data, parent_run_id, force).metrics
                for stage, version in versions.items()}
     comparison = StageComparison(versions, metrics, alignment_checks(recipe, metrics))
     with registry.start_run("compare-stages", parent_run_id=parent_run_id,

@@ -92,6 +92,16 @@ def _cached(recipe: Recipe, stage: Stage, key: str, parent: str) -> StageOutcome
                         int(run["params"].get("trainable_params", 0)), run["metrics"])
 
 
+MONITORING = {"eval_every", "checkpoint_every"}  # train settings that do not change the result
+
+
+def stage_cache_key(recipe: Recipe, stage: Stage, parent: str, data_version: str) -> str:
+    """What a stage's result depends on: its recipe section (less monitoring settings), the
+    model section, its parent version, the data version and the seed."""
+    section = stage.model_dump(mode="json", exclude={"train": MONITORING})
+    return fingerprint(section, recipe.model, parent, data_version, recipe.seed)
+
+
 def checkpoint_dir(recipe: Recipe, stage: Stage, key: str) -> Path:
     """Where a stage's resumable checkpoints live (`train.checkpoint_every` > 0): keyed by the
     stage's cache key, so re-running the same stage after a crash resumes it."""
@@ -109,7 +119,7 @@ def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list
         parent = previous_version
     else:
         parent = parent_of(recipe, stage, data, backbones)
-    key = fingerprint(stage, recipe.model, parent, data.version, recipe.seed)
+    key = stage_cache_key(recipe, stage, parent, data.version)
     if not force and (hit := _cached(recipe, stage, key, parent)):
         logger.info("%s: unchanged, reusing version %s", stage.name, hit.version)
         return hit

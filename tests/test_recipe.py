@@ -53,3 +53,19 @@ def test_root_params_yaml_matches_the_default_recipe():
     """`dvc repro` at the project root builds exactly the data `vlmforge run` builds."""
     params = yaml.safe_load((CONFIGS.parent / "params.yaml").read_text())
     assert params["data"] == load_recipe(CONFIGS / "tiny.yaml").data.model_dump(mode="json")
+
+
+def test_monitoring_settings_leave_a_stages_cache_key_alone():
+    from flows.training import stage_cache_key
+
+    recipe = load_recipe(CONFIGS / "tiny.yaml")
+    stage = recipe.stages_of("sft")[0]
+    quiet = stage.model_copy(update={"train": stage.train.model_copy(
+        update={"eval_every": 0, "checkpoint_every": 0})})
+    loud = stage.model_copy(update={"train": stage.train.model_copy(
+        update={"eval_every": 7, "checkpoint_every": 3})})
+    key = stage_cache_key(recipe, quiet, "3", "data1")
+    assert key == stage_cache_key(recipe, loud, "3", "data1")
+    assert key == fingerprint(quiet, recipe.model, "3", "data1", recipe.seed)  # as keys always were
+    slower = stage.model_copy(update={"train": stage.train.model_copy(update={"lr": 1e-5})})
+    assert key != stage_cache_key(recipe, slower, "3", "data1")

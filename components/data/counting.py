@@ -1,4 +1,4 @@
-"""Counting: 0-9 target shapes among distractors that share their colour or shape."""
+"""Counting: 0-9 target shapes among distractors of any other colour and shape."""
 
 from __future__ import annotations
 

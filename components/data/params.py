@@ -62,6 +62,9 @@ class DataParams(BaseModel):
     splits: dict[str, dict[str, int]] = Field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SPLITS.items()}
     )
+    # `vlmforge ingest --recipe`: fail when a larger share of the records read is quarantined
+    # (not a data-stage parameter: it stays out of the DVC workspace's params.yaml)
+    max_quarantine_rate: float = Field(0.05, ge=0, le=1)
 
     @field_validator("splits")
     @classmethod

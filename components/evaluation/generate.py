@@ -29,6 +29,8 @@ def generate_answers(
         chunk = prompts[start : start + batch_size]
         batch = collate([encoder.prompt(m, imgs) for m, imgs in chunk], tokenizer.pad_token_id, "left")
         batch.pop("labels")
+        device = next(model.parameters()).device
+        batch = {k: v.to(device) for k, v in batch.items()}
         out = model.generate(
             **batch,
             max_new_tokens=max_new_tokens,

@@ -79,7 +79,7 @@ def hallucination_metrics(yes_no_preds: Sequence[str], yes_no_labels: Sequence[b
     probes = len(absent) + len(captions)
     if probes:
         said_yes = sum(is_yes(p) for p in absent)
-        bad_captions = out.get("caption_hallucination_rate", 0.0) * len(captions)
+        bad_captions = sum(bool(hallucinated_mentions(p, o)) for p, o in captions)
         out["hallucination_rate"] = (said_yes + bad_captions) / probes
     return out
 

@@ -15,6 +15,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from components.model.common import (
+    check_vocab,
+    copy_exact,
+    scale_to_embeddings,
+    set_generation_ids,
+    vision_tower_state,
+)
+
 VISION_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                "num_channels", "image_size", "patch_size", "hidden_act", "layer_norm_eps")
 
@@ -31,12 +39,6 @@ def idefics3_config(vision_config, text_config, *, scale_factor: int, image_toke
     )
 
 
-def _copy_exact(target: torch.nn.Module, source_state: dict[str, torch.Tensor], what: str) -> None:
-    missing, unexpected = target.load_state_dict(source_state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{what} weights do not match: missing={missing[:5]} unexpected={unexpected[:5]}")
-
-
 def assemble_idefics3(
     vision: PreTrainedModel,
     lm: PreTrainedModel,
@@ -50,8 +52,7 @@ def assemble_idefics3(
     n_patches = (vision.config.image_size // vision.config.patch_size)
     if n_patches % scale_factor:
         raise ValueError(f"{n_patches} patches per side not divisible by scale_factor {scale_factor}")
-    if lm.config.vocab_size < len(tokenizer):
-        raise ValueError(f"LM vocab {lm.config.vocab_size} < tokenizer size {len(tokenizer)}")
+    check_vocab(lm, tokenizer)
     config = idefics3_config(
         vision.config, lm.config,
         scale_factor=scale_factor,
@@ -60,27 +61,14 @@ def assemble_idefics3(
     config.text_config.pad_token_id = tokenizer.pad_token_id
     model = Idefics3ForConditionalGeneration(config)
 
-    vision_state = {k: v for k, v in vision.state_dict().items() if not k.startswith("head.")}
-    vision_state = {k.removeprefix("vision_model."): v for k, v in vision_state.items()}
-    _copy_exact(model.model.vision_model, vision_state, "vision")
-    _copy_exact(model.model.text_model, lm.model.state_dict(), "language model")
+    copy_exact(model.model.vision_model, vision_tower_state(vision), "vision")
+    copy_exact(model.model.text_model, lm.model.state_dict(), "language model")
     model.lm_head.load_state_dict(lm.lm_head.state_dict())
-    _init_connector(model, lm, torch.Generator().manual_seed(seed))
-
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    with torch.no_grad():
+        scale_to_embeddings(model.model.connector.modality_projection.proj, lm,
+                            torch.Generator().manual_seed(seed))
+    set_generation_ids(model, tokenizer)
     return model
-
-
-@torch.no_grad()
-def _init_connector(model: Idefics3ForConditionalGeneration, lm: PreTrainedModel,
-                    generator: torch.Generator) -> None:
-    """Scale the projection so image tokens start at the norm of the LM's word embeddings."""
-    proj = model.model.connector.modality_projection.proj
-    torch.nn.init.normal_(proj.weight, std=1.0 / proj.in_features**0.5, generator=generator)
-    emb = lm.get_input_embeddings().weight
-    proj.weight.mul_(1.0 if emb.is_meta else emb.std().item())  # meta: sizing only, no values
 
 
 @torch.no_grad()

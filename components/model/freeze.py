@@ -93,6 +93,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
             module.merge()
             parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name), child, module.get_base_layer())
+    if hasattr(model, "peft_config"):  # left by inject_adapter_in_model
+        del model.peft_config
     return model
 
 

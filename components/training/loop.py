@@ -225,17 +225,21 @@ def train(
                 window = _Window.empty(accel.device)
             if on_eval and cfg.eval_every and accel.is_main_process and (
                     result.steps % cfg.eval_every == 0 or result.steps == cfg.steps):
+                t_eval = time.perf_counter()
                 evaluated = on_eval(accel.unwrap_model(model))
                 result.evals.append({"step": result.steps, **evaluated})
                 if on_log:
                     on_log(result.steps, evaluated)
+                window.t0 += time.perf_counter() - t_eval  # eval time is not training throughput
             interrupted = stop.agreed(accel)
             if ckpt_dir is not None and (interrupted or result.steps == cfg.steps
                                          or result.steps % cfg.checkpoint_every == 0):
+                t_save = time.perf_counter()
                 path = save_checkpoint(accel, ckpt_dir, result.steps, {
                     "steps": result.steps, "samples": result.samples, "history": result.history,
                     "evals": result.evals,
                     "window": window.state()}, cfg.keep_checkpoints)
+                window.t0 += time.perf_counter() - t_save  # nor is checkpoint time
                 if interrupted:
                     stop.handled = True
                     raise TrainingInterrupted(result.steps, path)

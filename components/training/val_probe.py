@@ -4,7 +4,7 @@ generative eval (exact match of the first answer of val conversations)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import islice
+from itertools import islice, zip_longest
 from pathlib import Path
 
 import torch
@@ -41,18 +41,23 @@ class ValidationProbe:
     @torch.no_grad()
     def __call__(self, model: nn.Module) -> dict[str, float]:
         was_training = model.training
+        device = next(model.parameters()).device
         model.eval()
         out: dict[str, float] = {}
-        for batch in self.batches:  # the objective's loss and metrics (DPO rewards), averaged
-            loss, metrics = self.objective(model, batch)
-            for k, v in {"loss": float(loss), **metrics}.items():
-                out[f"val_{k}"] = out.get(f"val_{k}", 0.0) + float(v) / len(self.batches)
-        if self.questions:
-            preds = generate_answers(model, self.encoder, [(m, imgs) for m, imgs, _ in self.questions],
-                                     max_new_tokens=self.max_new_tokens, batch_size=len(self.questions))
-            scores = [exact_match(p, refs) for p, (_, _, refs) in zip(preds, self.questions, strict=True)]
-            out["val_answer_accuracy"] = sum(scores) / len(scores)
-        model.train(was_training)
+        try:
+            for batch in self.batches:  # the objective's loss and metrics (DPO rewards), averaged
+                loss, metrics = self.objective(model, {k: v.to(device) for k, v in batch.items()})
+                for k, v in {"loss": float(loss), **metrics}.items():
+                    out[f"val_{k}"] = out.get(f"val_{k}", 0.0) + float(v) / len(self.batches)
+            if self.questions:
+                prompts = [(m, imgs) for m, imgs, _ in self.questions]
+                preds = generate_answers(model, self.encoder, prompts,
+                                         max_new_tokens=self.max_new_tokens, batch_size=len(prompts))
+                scores = [exact_match(p, refs)
+                          for p, (_, _, refs) in zip(preds, self.questions, strict=True)]
+                out["val_answer_accuracy"] = sum(scores) / len(scores)
+        finally:
+            model.train(was_training)
         return out
 
 
@@ -66,7 +71,9 @@ def validation_probe(shards: Path, sources: list[str], kind: str, encoder: ChatE
         raise FileNotFoundError(f"no val shards for any of {sources} in {shards}: eval_every needs them")
     per_source = [list(islice(read_samples(shard_paths(shards, "val", [s])), batches * batch_size))
                   for s in with_val]
-    samples = [s for group in zip(*per_source, strict=False) for s in group]
+    samples = [s for group in zip_longest(*per_source) for s in group if s is not None]
     maker = PreferenceBatches if kind == "align" else ChatBatches
     fixed = list(islice(iter(maker(samples, encoder, batch_size)), batches))
+    if not fixed:
+        raise ValueError(f"no val batch fits max_length for sources {with_val}")
     return ValidationProbe(fixed, objective, encoder, [first_question(s) for s in samples[:questions]])

@@ -43,3 +43,25 @@ def test_cli_logs_counts_per_rule_and_fails_over_threshold(
         assert run.data.tags["stage"] == "ingest"
     artifacts = {a.path for a in client.list_artifacts(ok_id)}
     assert {"summary.json", "validation.json", "quarantine.jsonl"} <= artifacts
+
+
+def test_the_recipe_sets_the_threshold_unless_the_flag_does(tmp_path: Path, capsys) -> None:
+    import yaml
+
+    from flows.cli import main
+
+    ex = EXAMPLES["coco-captions"](tmp_path / "in")
+    (ex.images / "COCO_val2014_000000000002.jpg").write_bytes(b"corrupt")  # 1 of 3 quarantined
+    recipe = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/micro.yaml").read_text())
+    recipe["data"]["max_quarantine_rate"] = 0.5
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    args = ["ingest", "coco-captions", "--source", str(ex.source), "--images", str(ex.images),
+            "--no-mlflow"]
+
+    assert main([*args, "--out", str(tmp_path / "a"), "--recipe", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out)["max_quarantine_rate"] == 0.5
+    assert main([*args, "--out", str(tmp_path / "b"), "--recipe", str(path),
+                 "--max-quarantine-rate", "0.1"]) == 1
+    assert "above the threshold 10.0%" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "c")]) == 1  # no recipe: the default 5%

@@ -102,11 +102,12 @@ def test_sigterm_saves_a_checkpoint_and_stops_then_resumes(inputs, uninterrupted
         if step == 4:
             os.kill(os.getpid(), signal.SIGTERM)
 
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(TrainingInterrupted) as stopped:
         _one_thread(lambda: worker.run(*inputs, ckpt, on_log=terminate_at_step_4))
     assert stopped.value.code == 143 and stopped.value.step == 4  # not a multiple of 3
     assert list_checkpoints(ckpt)[-1][0] == 4
-    assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler was put back
     resumed = _one_thread(lambda: worker.run(*inputs, ckpt))
     assert resumed["resumed_from"] == 4
     assert resumed["losses"] == pytest.approx(uninterrupted["losses"], abs=1e-4)

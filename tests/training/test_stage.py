@@ -74,6 +74,10 @@ def test_validation_loss_and_answers_every_eval_every_steps(backbones, tokenizer
                     on_log=lambda step, row: logged.append((step, row)))
     evals = run.result.evals
     assert [e["step"] for e in evals] == [2, 4]
+    plain = run_stage(assemble_idefics3(*backbones, tokenizer, scale_factor=2), processor, stage,
+                      shards, LoopConfig(steps=4, log_every=4, warmup_steps=1), max_length=256)
+    assert [h["loss"] for h in run.result.history] == pytest.approx(
+        [h["loss"] for h in plain.result.history], abs=1e-6)  # validating leaves training alone
     assert all(e["val_loss"] > 0 and 0 <= e["val_answer_accuracy"] <= 1 for e in evals)
     assert evals[0]["val_loss"] != evals[1]["val_loss"]  # the model changed in between
     assert (2, {k: v for k, v in evals[0].items() if k != "step"}) in logged

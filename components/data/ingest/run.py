@@ -139,6 +139,8 @@ def ingest(
     """
     from components.data.validation import known_tasks
 
+    if not 0 <= max_quarantine_rate <= 1:
+        raise ValueError(f"max_quarantine_rate must be in [0, 1], got {max_quarantine_rate}")
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {list(FORMATS)}")
     start = time.perf_counter()
@@ -182,8 +184,10 @@ def ingest(
     summary.rules = dict(sorted(rules.items()))
     summary.quarantine_rate = round(summary.quarantined / summary.read, 6) if summary.read else 0.0
     summary.seconds = round(time.perf_counter() - start, 3)
-    if summary.accepted + summary.quarantined != summary.read:  # by construction; say so loudly
-        raise AssertionError(f"unbalanced ingest: {summary}")
+    written = _recount(summary.shards, out / "quarantine" / "quarantine.jsonl")
+    if written != (summary.accepted, summary.quarantined) or sum(written) != summary.read:
+        raise AssertionError(f"unbalanced ingest: read {summary.read}, but the output holds "
+                             f"{written[0]} samples in shards and {written[1]} in quarantine")
     (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
     try:
         if validate:
@@ -196,6 +200,19 @@ def ingest(
     return summary
 
 
+def _recount(shards: list[str], ledger: Path) -> tuple[int, int]:
+    """Samples in the written shards (their one `.json` member each) and lines of the quarantine
+    ledger, counted from the files, not from the counters that wrote them."""
+    import tarfile
+
+    samples = 0
+    for path in shards:
+        with tarfile.open(path) as tar:
+            samples += sum(m.isfile() and m.name.endswith(".json") for m in tar.getmembers())
+    lines = ledger.read_text().splitlines() if ledger.exists() else []
+    return samples, sum(1 for line in lines if line.strip())
+
+
 def _accept(
     cand: Candidate,
     loader: ImageLoader,
@@ -206,11 +223,11 @@ def _accept(
 ) -> Quarantined | tuple[Sample, dict[str, Any], str]:
     """The sample and its manifest row, or the rule the candidate broke."""
     try:
+        if cand.key in seen:  # before decoding anything
+            raise Reject("duplicate_key", f"key {cand.key!r} seen before")
         images = [loader.load(ref)[0] for ref in cand.images]
         sample = Sample(cand.key, images, cand.record)
         row = check_sample(sample, tasks, limits)
-        if cand.key in seen:
-            raise Reject("duplicate_key", f"key {cand.key!r} seen before")
     except Reject as r:
         return Quarantined(cand.key, cand.location, r.rule, r.detail, cand.raw)
     except Exception as e:  # noqa: BLE001 (hostile input must not crash the ingest)
