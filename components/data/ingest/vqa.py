@@ -48,16 +48,27 @@ def _pair(source: Path) -> tuple[Path, Path]:
     return found[0], found[1]
 
 
+def ranked_answers(texts: list[str], lead: str | None = None) -> list[str]:
+    """Distinct non-empty answers, most frequent first (``lead``, when given, first of all)."""
+    counts = Counter(t for t in (t.strip() for t in texts) if t)
+    ordered = [a for a, _ in counts.most_common()]
+    if lead and lead.strip():
+        ordered = [lead.strip()] + [a for a in ordered if a != lead.strip()]
+    return ordered
+
+
+def vqa_record(source: str, question: str, answers: list[str], qid: Any, image_id: Any) -> dict:
+    """A single-question VQA record of the data contract; the first answer is the target."""
+    return {"task": "vqa", "source": source,
+            "messages": [user_turn(question, 1), assistant_turn(answers[0])],
+            "answers": answers, "question_id": qid, "image_id": image_id}
+
+
 def answers_of(ann: Any) -> list[str]:
     """Distinct reference answers, most frequent first (``multiple_choice_answer`` leads)."""
     raw = field(ann, "answers", list)
-    texts = [as_text(field(a, "answer", (str, bytes)), "answer").strip() for a in raw]
-    counts = Counter(t for t in texts if t)
-    mc = text(ann, "multiple_choice_answer", optional=True)
-    ordered = [a for a, _ in counts.most_common()]
-    if mc and mc.strip():
-        ordered = [mc.strip()] + [a for a in ordered if a != mc.strip()]
-    return ordered
+    texts = [as_text(field(a, "answer", (str, bytes)), "answer") for a in raw]
+    return ranked_answers(texts, text(ann, "multiple_choice_answer", optional=True))
 
 
 def reader(fmt: str):
@@ -95,14 +106,7 @@ def reader(fmt: str):
             path = index.get(image_id)
             if path is None:
                 raise Reject("image_missing", f"no image for COCO id {image_id} under --images")
-            record = {
-                "task": "vqa",
-                "source": fmt,
-                "messages": [user_turn(question, 1), assistant_turn(answers[0])],
-                "answers": answers,
-                "question_id": qid,
-                "image_id": image_id,
-            }
+            record = vqa_record(fmt, question, answers, qid, image_id)
             return Candidate(key, "", record, [ImageRef(path=path)])
 
         rows = ((f"{apath}#annotations[{i}]", a) for i, a in enumerate(anns))
