@@ -75,8 +75,7 @@ def prepare_workspace(recipe: Recipe) -> Path:
         _dvc(ws, "init", "--no-scm", "--quiet")
         _dvc(ws, "config", "core.analytics", "false")
     _write_if_changed(ws / "dvc.yaml", render_dvc_yaml())
-    params = {"data": recipe.data.model_dump(mode="json", exclude={"max_quarantine_rate"}),
-              "sources": used_sources(recipe.data)}
+    params = {"data": recipe.data.stage_params(), "sources": used_sources(recipe.data)}
     _write_if_changed(ws / "params.yaml", yaml.safe_dump(params, sort_keys=True))
     return ws
 

@@ -63,7 +63,7 @@ class DataParams(BaseModel):
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SPLITS.items()}
     )
     # `vlmforge ingest --recipe`: fail when a larger share of the records read is quarantined
-    # (not a data-stage parameter: it stays out of the DVC workspace's params.yaml)
+    # (not a data-stage parameter: `stage_params` leaves it out of params.yaml)
     max_quarantine_rate: float = Field(0.05, ge=0, le=1)
 
     @field_validator("splits")
@@ -82,6 +82,10 @@ class DataParams(BaseModel):
                 if n < 0:
                     raise ValueError(f"negative count {n} for source {source!r} in split {split!r}")
         return splits
+
+    def stage_params(self) -> dict[str, Any]:
+        """The ``data:`` section of params.yaml: what the DVC data stages read."""
+        return self.model_dump(mode="json", exclude={"max_quarantine_rate"})
 
     def counts(self, split: str) -> dict[str, int]:
         """Sample counts of ``split`` in canonical source order: the default corpus's five
