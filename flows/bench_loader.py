@@ -27,7 +27,10 @@ def _stage_at(recipe, longest_edge: int):
     raise ValueError(f"recipe {recipe.name!r} has no pretrain/sft stage at {longest_edge} px")
 
 
-def _model_and_encoder(recipe, stage, tokenizer):
+def tiny_model_and_encoder(recipe, stage, tokenizer, *, scale_factor: int | None = None,
+                           max_length: int | None = None, seed: int | None = None):
+    """The recipe's VLM from its inline backbone configs (randomly initialised, the stage's
+    unfreezing) and a chat encoder at the stage's resolution; the benches' shared model."""
     import torch
 
     from components.model.assembly import assemble_idefics3
@@ -38,16 +41,17 @@ def _model_and_encoder(recipe, stage, tokenizer):
 
     if recipe.backbones is None:
         raise ValueError(f"recipe {recipe.name!r} has no inline backbone configs")
-    torch.manual_seed(recipe.seed)
+    seed = recipe.seed if seed is None else seed
+    scale_factor = scale_factor or recipe.model.scale_factor
+    torch.manual_seed(seed)
     vision = load_vision_backbone(recipe.backbones.vision.config)
     lm = load_text_backbone(recipe.backbones.text.config, vocab_size=len(tokenizer))
-    model = assemble_idefics3(vision, lm, tokenizer, scale_factor=recipe.model.scale_factor,
-                              seed=recipe.seed)
+    model = assemble_idefics3(vision, lm, tokenizer, scale_factor=scale_factor, seed=seed)
     apply_unfreezing(model, stage.unfreeze)
     vc = model.config.vision_config
     processor = build_processor(tokenizer, tile_size=vc.image_size, longest_edge=stage.longest_edge,
-                                patch_size=vc.patch_size, scale_factor=recipe.model.scale_factor)
-    return model, ChatEncoder(processor, recipe.model.max_length)
+                                patch_size=vc.patch_size, scale_factor=scale_factor)
+    return model, ChatEncoder(processor, max_length or recipe.model.max_length)
 
 
 def loader_rate(shards: Path, stage, encoder, seed: int,
@@ -107,7 +111,7 @@ def bench_loader(recipe_path: str = "configs/tiny.yaml", longest_edge: int = 64,
     with tempfile.TemporaryDirectory(prefix="vlmforge-bench-loader-") as tmp:
         generate_corpus(params, tmp, workers=workers)
         tokenizer = train_tokenizer(corpus_texts(tmp, "train"), recipe.data.vocab_size)
-        model, encoder = _model_and_encoder(recipe, stage, tokenizer)
+        model, encoder = tiny_model_and_encoder(recipe, stage, tokenizer)
         loader_sps, loader_cpu, ready = loader_rate(Path(tmp), stage, encoder, recipe.seed, batches)
     training_sps, training_cpu = training_rate(model, stage, ready, steps)
     return {"loader_samples_per_s": round(loader_sps, 1),

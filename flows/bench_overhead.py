@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 RECIPE = "configs/tiny.yaml"
-TILE, PATCH = 32, 4  # the tower's native 32 px tile (tiny.yaml), 8x8 patches
 
 
 @dataclass
@@ -37,33 +36,23 @@ def tiny_setup(scale_factor: int, image_px: int = 64, batch_size: int = 16, n_ba
                max_length: int = 512, seed: int = 0, recipe_path: str = RECIPE) -> TinySetup:
     """The tiny recipe's VLM (inline backbone configs) and `n_batches` collated batches of
     synthetic VQA samples at `image_px`, tiled into 32 px tiles."""
-    import torch
-
     from components.data.corpus import generate_samples
     from components.data.sample import message_text
     from components.data.tokenizer import train_tokenizer
-    from components.model.assembly import assemble_idefics3
-    from components.model.backbones import load_text_backbone, load_vision_backbone
-    from components.model.freeze import apply_unfreezing
-    from components.model.processor import build_processor
     from components.recipe import load_recipe
-    from components.training.batching import ChatEncoder, collate
+    from components.training.batching import collate
+    from flows.bench_loader import tiny_model_and_encoder
 
     recipe = load_recipe(recipe_path)
     n = batch_size * n_batches
     samples = list(generate_samples("scenes_vqa", seed, "train", 0, n, image_size=image_px))
     texts = [f"{m['role']}\n{message_text(m)}" for s in samples for m in s.record["messages"]]
     tokenizer = train_tokenizer(texts, recipe.data.vocab_size)
-    torch.manual_seed(seed)
-    vision = load_vision_backbone(recipe.backbones.vision.config)
-    lm = load_text_backbone(recipe.backbones.text.config, vocab_size=len(tokenizer))
-    model = assemble_idefics3(vision, lm, tokenizer, scale_factor=scale_factor, seed=seed)
     # the trainable groups of the recipe's first stage at this resolution (pretrain-64px)
     stage = next((s for s in recipe.stages if s.longest_edge == image_px), recipe.stages[-1])
-    apply_unfreezing(model, dict(stage.unfreeze))
-    processor = build_processor(tokenizer, tile_size=TILE, longest_edge=image_px, patch_size=PATCH,
-                                scale_factor=scale_factor)
-    encoder = ChatEncoder(processor, max_length)
+    stage = stage.model_copy(update={"longest_edge": image_px})
+    model, encoder = tiny_model_and_encoder(recipe, stage, tokenizer, scale_factor=scale_factor,
+                                            max_length=max_length, seed=seed)
     items = [encoder.encode(s.record["messages"], s.images) for s in samples]
     if any(it is None for it in items):
         raise ValueError(f"a sample exceeds max_length {max_length}")

@@ -20,7 +20,7 @@ def bench_packing(recipe_path: str = "configs/tiny.yaml", per_source: int = 128,
     from components.recipe import load_recipe
     from components.training.data_stream import sample_stream
     from components.training.packing import padding_fraction
-    from flows.bench_loader import _model_and_encoder
+    from flows.bench_loader import tiny_model_and_encoder
 
     recipe = load_recipe(recipe_path)
     stage = recipe.stages_of("sft")[0]
@@ -30,7 +30,7 @@ def bench_packing(recipe_path: str = "configs/tiny.yaml", per_source: int = 128,
     with tempfile.TemporaryDirectory(prefix="vlmforge-bench-packing-") as tmp:
         generate_corpus(params, tmp)
         tokenizer = train_tokenizer(corpus_texts(tmp, "train"), recipe.data.vocab_size)
-        _, encoder = _model_and_encoder(recipe, stage, tokenizer)
+        _, encoder = tiny_model_and_encoder(recipe, stage, tokenizer)
         stream = sample_stream(Path(tmp), stage.sources, recipe.seed, stage.text_ratio, stage.mixture)
         encoded = [encoder.encode(s.record["messages"], s.images) for s in islice(stream, samples)]
     lengths = [len(e.input_ids) for e in encoded if e is not None]

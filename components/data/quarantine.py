@@ -62,11 +62,7 @@ class Quarantined:
 
 
 class QuarantineRateError(Exception):
-    """More records were quarantined than the threshold allows (``summary``: the counts)."""
-
-    def __init__(self, message: str, summary: Any = None) -> None:
-        super().__init__(message)
-        self.summary = summary
+    """More records were quarantined than the threshold allows."""
 
 
 @dataclass(frozen=True)

@@ -56,3 +56,16 @@ def colour_chats(n: int = 4):
             {"role": "assistant", "content": [{"type": "text", "text": name}]}]
         out.append((messages, [Image.new("RGB", (32, 32), COLOURS[name])]))
     return out
+
+
+def fit(model, batch: dict, steps: int, lr: float = 3e-2) -> list[float]:
+    """AdamW on the trainable parameters, the same batch `steps` times; the losses."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses

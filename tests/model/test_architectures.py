@@ -10,7 +10,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from components.model.architectures import FAMILY, architecture_of
 from components.model.freeze import apply_unfreezing, merge_lora
 from components.training.batching import ChatEncoder, collate
-from tests.model.helpers import ARCHITECTURES, CLASSES, SCHEDULES, build, colour_chats
+from tests.model.helpers import ARCHITECTURES, CLASSES, SCHEDULES, build, colour_chats, fit
 
 
 def _batch(processor, n=4):
@@ -75,15 +75,8 @@ def test_loss_falls_with_the_unfreezing_schedule(arch, tokenizer, tmp_path):
     assert (counts["text"] > 0) == (SCHEDULES[arch]["text"] == "lora")
     batch = _batch(processor)
     text_before = {k: v.clone() for k, v in lm.state_dict().items()}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
     torch.manual_seed(0)
-    losses = []
-    for _ in range(12):
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = fit(model, batch, 12)
     assert losses[-1] < 0.6 * losses[0], losses
     merge_lora(model)
     assert type(model).__name__ == CLASSES[arch]

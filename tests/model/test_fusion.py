@@ -10,7 +10,7 @@ from components.model.backbones import load_text_backbone, load_vision_backbone
 from components.model.freeze import apply_unfreezing
 from components.model.fusion import assemble_sphinx_llava, fusion_cost
 from components.model.llava import llava_processor
-from tests.model.helpers import LM, SIGLIP
+from tests.model.helpers import LM, SIGLIP, fit
 from tests.model.test_architectures import _batch
 
 DINO = dict(hidden_size=24, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2,
@@ -53,14 +53,7 @@ def test_sphinx_llava_trains_saves_and_reloads(tokenizer, tmp_path):
                               lora_rank=4)
     assert counts["vision"] == 0
     batch = _batch(processor)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-2)
-    losses = []
-    for _ in range(10):
-        loss = model(**batch).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses.append(loss.item())
+    losses = fit(model, batch, 10)
     assert losses[-1] < 0.6 * losses[0], losses
     from components.model.freeze import merge_lora
 
