@@ -82,6 +82,8 @@ class ModelSpec(_Strict):
     vision_inline: dict[str, Any] | None = None
     text: str = "registered:lm-tiny"
     scale_factor: int = Field(2, gt=0)  # idefics3: pixel-shuffle factor
+    # idefics3: "pool" starts the projection as a mean over the merged patches (pool_init)
+    connector_init: Literal["random", "pool"] = "random"
     resampler_latents: int = Field(16, gt=0)  # idefics2 / idefics: perceiver latents per image
     resampler_depth: int = Field(2, gt=0)
     resampler_heads: int = Field(4, gt=0)
@@ -98,7 +100,7 @@ class ModelSpec(_Strict):
         # recipes that leave these at their defaults dump (and fingerprint) as before they existed
         data = handler(self)
         if isinstance(data, dict):
-            for key, default in (("resampler_latents", 16), ("resampler_depth", 2),
+            for key, default in (("connector_init", "random"), ("resampler_latents", 16), ("resampler_depth", 2),
                                  ("resampler_heads", 4), ("cross_layer_interval", 1),
                                  ("fusion_vision", None), ("vision_inline", None),
                                  ("resampler_head_dim", None)):
@@ -134,6 +136,9 @@ class Stage(_Strict):
     # share of text-only samples (source `text`); None = the sources' natural mixture
     text_ratio: float | None = Field(None, ge=0, le=1)
     packing: bool = False  # pretrain/sft: several conversations per row, attention kept within each
+    # pretrain/sft: each turn of a conversation becomes its own sample (with the images), so no
+    # answer can be copied from an earlier turn
+    split_turns: bool = False
     # source -> sampling weight (the loader draws by weight); replaces `sources`, which then
     # lists its keys. None = `sources` in their natural mixture (or at `text_ratio`)
     mixture: dict[str, float] | None = None
@@ -153,6 +158,8 @@ class Stage(_Strict):
             data.pop("mixture", None)
         if self.lora_rank == 8 and isinstance(data, dict):  # likewise a default lora_rank
             data.pop("lora_rank", None)
+        if not self.split_turns and isinstance(data, dict):  # and split_turns off
+            data.pop("split_turns", None)
         return data
 
     @model_validator(mode="after")

@@ -61,7 +61,8 @@ def loader_rate(shards: Path, stage, encoder, seed: int,
     from components.training.data_stream import ChatBatches, sample_stream
 
     samples = sample_stream(shards, stage.sources, seed, stage.text_ratio, stage.mixture)
-    stream = iter(ChatBatches(samples, encoder, stage.train.batch_size, packing=stage.packing))
+    stream = iter(ChatBatches(samples, encoder, stage.train.batch_size, packing=stage.packing,
+                              split_turns=stage.split_turns))
     next(stream)  # fills the shuffle buffer
     cpu, start = time.process_time(), time.perf_counter()
     out = list(islice(stream, batches))

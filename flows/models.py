@@ -42,7 +42,7 @@ def assemble_from_backbones(recipe: Recipe, backbone_versions: dict[str, str]):
         model = sphinx_from_backbones(recipe, vision, lm, tokenizer, backbone_versions)
     else:
         model = assemble(m.architecture, vision, lm, tokenizer, seed=recipe.seed,
-                         scale_factor=m.scale_factor, n_latents=m.resampler_latents,
+                         scale_factor=m.scale_factor, connector_init=m.connector_init, n_latents=m.resampler_latents,
                          resampler_depth=m.resampler_depth, resampler_heads=m.resampler_heads,
                          resampler_head_dim=m.resampler_head_dim,
                          cross_layer_interval=m.cross_layer_interval)

@@ -43,6 +43,8 @@ def score_predictions(samples: Sequence[Sample], predictions: Sequence[str]) -> 
                 caption_objects.append((pred, rec["objects"]))
         else:
             per_group[f"vqa_{qtype}" if task == "vqa" else task].append(score)
+            if task == "text" and "kind" in rec:
+                per_group[f"text_{rec['kind']}"].append(score)
         if qtype == "existence":
             yes_no_preds.append(pred)
             yes_no_labels.append(not rec["absent"])

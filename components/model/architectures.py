@@ -33,12 +33,12 @@ def assemble(architecture: Architecture, vision: PreTrainedModel, lm: PreTrained
              tokenizer: PreTrainedTokenizerBase, *, seed: int = 0, **options: Any) -> PreTrainedModel:
     """The VLM of ``architecture`` with both backbones' weights copied in exactly.
 
-    options: idefics3 `scale_factor`; idefics2/idefics `n_latents`, `resampler_depth`,
+    options: idefics3 `scale_factor`, `connector_init`; idefics2/idefics `n_latents`, `resampler_depth`,
     `resampler_heads`; idefics `cross_layer_interval` (others are ignored).
     """
     if architecture == "idefics3":
         return assemble_idefics3(vision, lm, tokenizer, scale_factor=options.get("scale_factor", 2),
-                                 seed=seed)
+                                 seed=seed, connector_init=options.get("connector_init", "random"))
     builders = {"llava": assemble_llava, "idefics2": assemble_idefics2, "idefics": assemble_idefics}
     if architecture not in builders:
         raise ValueError(f"unknown architecture {architecture!r}; known: {sorted(FAMILY)}")

@@ -18,6 +18,7 @@ from transformers import (
 from components.model.common import (
     check_vocab,
     copy_exact,
+    pool_init,
     scale_to_embeddings,
     set_generation_ids,
     vision_tower_state,
@@ -46,9 +47,11 @@ def assemble_idefics3(
     *,
     scale_factor: int,
     seed: int = 0,
+    connector_init: str = "random",
 ) -> Idefics3ForConditionalGeneration:
     """Build the VLM and copy both backbones' weights into it; only the connector is new,
-    initialised from ``seed`` (not from whatever state the global RNG happens to be in)."""
+    initialised from ``seed`` (not from whatever state the global RNG happens to be in):
+    ``random`` (independent weights per merged patch) or ``pool`` (`pool_init`)."""
     n_patches = (vision.config.image_size // vision.config.patch_size)
     if n_patches % scale_factor:
         raise ValueError(f"{n_patches} patches per side not divisible by scale_factor {scale_factor}")
@@ -64,9 +67,13 @@ def assemble_idefics3(
     copy_exact(model.model.vision_model, vision_tower_state(vision), "vision")
     copy_exact(model.model.text_model, lm.model.state_dict(), "language model")
     model.lm_head.load_state_dict(lm.lm_head.state_dict())
-    with torch.no_grad():
-        scale_to_embeddings(model.model.connector.modality_projection.proj, lm,
-                            torch.Generator().manual_seed(seed))
+    proj, generator = model.model.connector.modality_projection.proj, torch.Generator().manual_seed(seed)
+    if connector_init == "pool":
+        pool_init(proj, vision.config.hidden_size, lm, generator)
+    elif connector_init == "random":
+        scale_to_embeddings(proj, lm, generator)
+    else:
+        raise ValueError(f"unknown connector_init {connector_init!r}; expected 'random' or 'pool'")
     set_generation_ids(model, tokenizer)
     return model
 

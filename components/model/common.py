@@ -48,3 +48,21 @@ def scale_to_embeddings(linear: torch.nn.Linear, lm: PreTrainedModel, generator:
     linear.weight.mul_(1.0 if emb.is_meta else emb.std().item())  # meta: sizing only, no values
     if linear.bias is not None:
         linear.bias.zero_()
+
+
+@torch.no_grad()
+def pool_init(linear: torch.nn.Linear, patch_dim: int, lm: PreTrainedModel, generator: torch.Generator) -> None:
+    """Init a pixel-shuffle projection as "mean over the merged patches, then one projection".
+
+    The input is ``k`` patch features of ``patch_dim`` concatenated; every block gets the same
+    random projection / ``k``, so an object gives the same image token wherever it sits among
+    the merged patches (measured: faster grounding than independent blocks, see the README).
+    """
+    k, rem = divmod(linear.in_features, patch_dim)
+    if rem:
+        raise ValueError(f"projection input {linear.in_features} is not a multiple of {patch_dim}")
+    block = torch.nn.Linear(patch_dim, linear.out_features, bias=False)
+    scale_to_embeddings(block, lm, generator)
+    linear.weight.copy_(block.weight.repeat(1, k) / k)
+    if linear.bias is not None:
+        linear.bias.zero_()

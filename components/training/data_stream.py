@@ -134,6 +134,22 @@ def sample_stream(shards_dir: Path, sources: list[str], seed: int, text_ratio: f
                         text_ratio, seed=seed + 2)
 
 
+def single_turns(messages: list[dict]) -> list[list[dict]]:
+    """A conversation as one single-turn conversation per user turn, each with all the images.
+
+    Later turns of a conversation can be answered from earlier ones ("Where is the red circle?"
+    names the circle's colour), so a model trained on whole conversations learns to copy from
+    the text; split, every answer has to come from the image."""
+    images = [part for m in messages if m["role"] == "user" for part in m["content"]
+              if part.get("type") == "image"]
+    out = []
+    for i, m in enumerate(messages):
+        if m["role"] == "user" and i + 1 < len(messages) and messages[i + 1]["role"] == "assistant":
+            text = [part for part in m["content"] if part.get("type") != "image"]
+            out.append([{"role": "user", "content": images + text}, messages[i + 1]])
+    return out
+
+
 class ChatBatches:
     """Collated supervised batches (assistant-only labels).
 
@@ -144,8 +160,10 @@ class ChatBatches:
 
     rows_per_sample = 1
 
-    def __init__(self, samples: Iterable[Sample], encoder: ChatEncoder, batch_size: int, packing: bool = False):
+    def __init__(self, samples: Iterable[Sample], encoder: ChatEncoder, batch_size: int, packing: bool = False,
+                 split_turns: bool = False):
         self.samples, self.encoder, self.batch_size, self.packing = samples, encoder, batch_size, packing
+        self.split_turns = split_turns
         self.skipped = 0
         self.pad_id = encoder.tokenizer.pad_token_id
 
@@ -155,8 +173,11 @@ class ChatBatches:
         return self.skipped
 
     def encode(self, sample: Sample) -> list[Encoded] | None:
-        enc = self.encoder.encode(sample.record["messages"], sample.images)
-        return None if enc is None else [enc]
+        conversations = (single_turns(sample.record["messages"]) if self.split_turns
+                         else [sample.record["messages"]])
+        encoded = [self.encoder.encode(messages, sample.images) for messages in conversations]
+        kept = [e for e in encoded if e is not None]
+        return kept or None
 
     def __iter__(self) -> Iterator[dict]:
         if self.packing:
@@ -169,9 +190,10 @@ class ChatBatches:
                 self.skipped += 1
                 continue
             items.extend(enc)
-            if len(items) >= self.batch_size * self.rows_per_sample:
-                yield self.collate(items)
-                items = []
+            full = self.batch_size * self.rows_per_sample
+            while len(items) >= full:  # split turns can overshoot: the rest starts the next batch
+                yield self.collate(items[:full])
+                items = items[full:]
 
     def _packed(self) -> Iterator[dict]:
         packer, items = RowPacker(self.encoder.max_length, self.batch_size), []

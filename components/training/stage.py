@@ -43,7 +43,8 @@ def run_stage(model, processor, stage: Stage, shards: Path, loop: LoopConfig, *,
         objective = PreferenceObjective(reference, beta=stage.beta, loss_type=stage.loss,
                                         sft_weight=stage.sft_weight)
     else:
-        batches = ChatBatches(samples, encoder, stage.train.batch_size, packing=stage.packing)
+        batches = ChatBatches(samples, encoder, stage.train.batch_size, packing=stage.packing,
+                              split_turns=stage.split_turns)
         objective = packed_lm_objective if stage.packing else lm_objective
     probe = None
     if loop.eval_every:

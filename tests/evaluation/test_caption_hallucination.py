@@ -56,3 +56,12 @@ def test_pooled_rate_counts_yes_to_absent_and_hallucinated_captions():
     # probes: 2 absent-object questions + 2 captions; 1 yes + 1 hallucinated caption
     assert m["hallucination_rate"] == pytest.approx(0.5)
     assert [r.get("hallucinated") for r in result.rows[:2]] == [[], ["yellow triangle"]]
+
+
+def test_text_accuracy_per_kind():
+    samples = [_sample("t1", "text", "Repeat: red box", "red box", kind="repeat"),
+               _sample("t2", "text", "Repeat: cat", "cat", kind="repeat"),
+               _sample("t3", "text", "What is 2 + 2?", "4", kind="arithmetic")]
+    m = score_predictions(samples, ["red box", "dog", "4"]).metrics
+    assert (m["text_accuracy"], m["text_repeat_accuracy"], m["text_arithmetic_accuracy"]) == (
+        pytest.approx(2 / 3), 0.5, 1.0)

@@ -46,6 +46,20 @@ def test_pixel_shuffle_shapes(backbones, tokenizer, factor):
     assert image_seq_len(32, 8, factor) == patches // factor**2
 
 
+def test_pool_init_gives_an_object_the_same_token_wherever_it_sits(backbones, tokenizer):
+    vision, lm = backbones
+    pooled = assemble_idefics3(vision, lm, tokenizer, scale_factor=2, connector_init="pool")
+    random = assemble_idefics3(vision, lm, tokenizer, scale_factor=2)
+    object_patch = torch.randn(32)
+    # a 4x4 patch grid, one 2x2 token: the object in its top-left patch, then in its bottom-right
+    a, b = torch.zeros(1, 16, 32), torch.zeros(1, 16, 32)
+    a[0, 0], b[0, 5] = object_patch, object_patch
+    assert torch.allclose(pooled.model.connector(a)[0, 0], pooled.model.connector(b)[0, 0], atol=1e-6)
+    assert not torch.allclose(random.model.connector(a)[0, 0], random.model.connector(b)[0, 0], atol=1e-3)
+    with pytest.raises(ValueError, match="connector_init"):
+        assemble_idefics3(vision, lm, tokenizer, scale_factor=2, connector_init="zeros")
+
+
 def test_scale_factor_must_divide_the_patch_grid(backbones, tokenizer):
     with pytest.raises(ValueError, match="not divisible"):
         assemble_idefics3(*backbones, tokenizer, scale_factor=3)

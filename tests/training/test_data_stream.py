@@ -121,3 +121,24 @@ def test_preference_pairs_over_max_length_are_skipped_and_counted_never_cut(toke
         assert int((ids == image_id).sum()) == 4  # every image token kept
         labelled = labels[labels != IGNORE].tolist()
         assert labelled == tokenizer(answer, add_special_tokens=False).input_ids + [eou]  # whole answer
+
+
+def test_split_turns_gives_each_answer_its_own_sample_with_the_image(encoder, shards):
+    sample = next(s for s in SampleStream(sorted((shards / "train").glob("scenes_vqa-*.tar")), seed=0)
+                  if len(s.record["messages"]) >= 6)
+    whole = ChatBatches([sample], encoder, batch_size=1).encode(sample)
+    split = ChatBatches([sample], encoder, batch_size=1, split_turns=True).encode(sample)
+    messages = sample.record["messages"]
+    assert len(whole) == 1 and len(split) == len(messages) // 2
+    image_tokens = whole[0].input_ids.count(encoder.image_token_id)
+    for turn, enc in enumerate(split):
+        assert enc.input_ids.count(encoder.image_token_id) == image_tokens  # every turn sees the image
+        answer = [t for t, label in zip(enc.input_ids, enc.labels, strict=True) if label != IGNORE]
+        expected = encoder.tokenizer(messages[2 * turn + 1]["content"][0]["text"], add_special_tokens=False).input_ids
+        assert answer[: len(expected)] == expected  # the label is this turn's answer, and no other
+        assert len(answer) <= len(expected) + 2  # plus the end-of-utterance marker
+    batches = ChatBatches(SampleStream(sorted((shards / "train").glob("scenes_vqa-*.tar")), seed=0), encoder,
+                          batch_size=4, split_turns=True)
+    assert {len(b["input_ids"]) for b in itertools.islice(batches, 10)} == {4}  # turns spill over, never overshoot
+    base = dict(name="p", kind="pretrain", longest_edge=32, sources=["scenes_vqa"], unfreeze={"text": "full"})
+    assert "split_turns" not in Stage(**base).model_dump() and Stage(**base, split_turns=True).split_turns
