@@ -56,7 +56,7 @@ def pool_init(linear: torch.nn.Linear, patch_dim: int, lm: PreTrainedModel, gene
 
     The input is ``k`` patch features of ``patch_dim`` concatenated; every block gets the same
     random projection / ``k``, so an object gives the same image token wherever it sits among
-    the merged patches (measured: faster grounding than independent blocks, see the README).
+    the merged patches (measured against independent blocks in the README's "Known limits").
     """
     k, rem = divmod(linear.in_features, patch_dim)
     if rem:
