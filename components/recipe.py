@@ -22,7 +22,7 @@ class _Strict(BaseModel):
 
 
 class TrainSettings(_Strict):
-    steps: int = Field(100, gt=0)
+    steps: int = Field(100, ge=0)  # 0: no gradient steps (a stage that only fits its connector)
     batch_size: int = Field(16, gt=0)
     lr: float = Field(5e-4, gt=0)
     warmup_steps: int = Field(20, ge=0)
@@ -70,6 +70,13 @@ class TextBackbone(_Strict):
 class Backbones(_Strict):
     vision: VisionBackbone = VisionBackbone()
     text: TextBackbone = TextBackbone()
+
+    @model_validator(mode="after")
+    def _some_steps(self) -> Backbones:
+        for name, backbone in (("vision", self.vision), ("text", self.text)):
+            if backbone.train.steps == 0:
+                raise ValueError(f"backbones.{name}.train.steps must be > 0")
+        return self
 
 
 class ModelSpec(_Strict):
@@ -119,6 +126,17 @@ Unfreeze = dict[str, Literal["frozen", "lora", "full"]]
 KINDS = ("pretrain", "sft", "align")
 
 
+class GroundConnector(_Strict):
+    """Fit the connector, before any gradient step, so each image token of an annotated region
+    lands on the LM's embedding of the phrase naming it (components/training/grounding.py)."""
+
+    images: int = Field(2000, gt=0)  # annotated training images the closed-form fit uses
+    ridge: float = Field(1.0, gt=0)  # L2 penalty of the ridge regression
+    # resolution of the fit (None: the stage's): the largest a later stage uses covers its
+    # tiles and, through the global view, every smaller resolution
+    longest_edge: int | None = Field(None, gt=0)
+
+
 class Stage(_Strict):
     """One training stage: what it trains, on which data, at which resolution."""
 
@@ -139,9 +157,16 @@ class Stage(_Strict):
     # pretrain/sft: each turn of a conversation becomes its own sample (with the images), so no
     # answer can be copied from an earlier turn
     split_turns: bool = False
+    # with split_turns: train only on turns of these question types (the records' `qtypes`),
+    # e.g. a curriculum stage on colour and existence before the full mixture
+    question_types: list[str] | None = None
+    # pretrain/sft: average the loss over all labelled tokens of a batch, or per sample first
+    # (then a long caption weighs as much as a one-word answer)
+    loss_average: Literal["token", "sample"] = "token"
     # source -> sampling weight (the loader draws by weight); replaces `sources`, which then
     # lists its keys. None = `sources` in their natural mixture (or at `text_ratio`)
     mixture: dict[str, float] | None = None
+    ground_connector: GroundConnector | None = None  # pretrain: fit the connector first
 
     @model_validator(mode="before")
     @classmethod
@@ -160,6 +185,12 @@ class Stage(_Strict):
             data.pop("lora_rank", None)
         if not self.split_turns and isinstance(data, dict):  # and split_turns off
             data.pop("split_turns", None)
+        if self.ground_connector is None and isinstance(data, dict):  # and no connector fit
+            data.pop("ground_connector", None)
+        if self.question_types is None and isinstance(data, dict):  # and no question filter
+            data.pop("question_types", None)
+        if self.loss_average == "token" and isinstance(data, dict):  # and the token average
+            data.pop("loss_average", None)
         return data
 
     @model_validator(mode="after")
@@ -195,6 +226,17 @@ class Stage(_Strict):
                                  f"{list(TEXT_ONLY_SOURCES)} and an image source in sources")
         if self.packing and self.kind == "align":
             raise ValueError(f"stage {self.name!r}: packing applies to pretrain/sft stages only")
+        if self.ground_connector is not None and self.kind != "pretrain":
+            raise ValueError(f"stage {self.name!r}: ground_connector applies to pretrain stages only")
+        if self.loss_average == "sample" and (self.packing or self.kind == "align"):
+            raise ValueError(f"stage {self.name!r}: loss_average: sample applies to unpacked "
+                             "pretrain/sft stages")
+        if self.question_types is not None and (not self.split_turns or not self.question_types):
+            raise ValueError(f"stage {self.name!r}: question_types selects turns: it needs "
+                             "split_turns: true and at least one type")
+        if self.train.steps == 0 and self.ground_connector is None:
+            raise ValueError(f"stage {self.name!r}: train.steps is 0; only a stage with "
+                             "ground_connector may take no gradient steps")
         return self
 
 

@@ -62,7 +62,7 @@ def loader_rate(shards: Path, stage, encoder, seed: int,
 
     samples = sample_stream(shards, stage.sources, seed, stage.text_ratio, stage.mixture)
     stream = iter(ChatBatches(samples, encoder, stage.train.batch_size, packing=stage.packing,
-                              split_turns=stage.split_turns))
+                              split_turns=stage.split_turns, question_types=stage.question_types))
     next(stream)  # fills the shuffle buffer
     cpu, start = time.process_time(), time.perf_counter()
     out = list(islice(stream, batches))

@@ -18,7 +18,8 @@ from flows.lineage import markdown_table, publish_markdown
 COLUMNS = {"vqa_colour_accuracy": "colour", "vqa_count_accuracy": "count",
            "vqa_position_accuracy": "position", "vqa_existence_accuracy": "exists",
            "vqa_accuracy": "vqa", "ocr_accuracy": "ocr", "text_accuracy": "text",
-           "caption_cider": "cider", "existence_hallucination_rate": "halluc_yes",
+           "caption_cider": "cider", "caption_object_recall": "cap_recall",
+           "existence_hallucination_rate": "halluc_yes",
            "caption_hallucination_rate": "halluc_caption", "hallucination_rate": "halluc"}
 
 

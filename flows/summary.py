@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SHORT = {"loss_first": "loss_first", "loss_last": "loss",
-         "zero_shot_caption_retrieval": "retrieval"}
+         "zero_shot_caption_retrieval": "retrieval", "ground_heldout_r2": "ground_r2_val"}
 KEY_METRICS = tuple(SHORT)
 
 

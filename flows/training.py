@@ -40,7 +40,7 @@ from flows.lineage import (
 from flows.models import save_vlm, stage_model
 
 QUICK_EVAL_SIZE = 240  # held-out questions scored after every stage
-REPORT_METRICS = ("loss_first", "loss_last", "heldout_vqa_accuracy", "heldout_ocr_accuracy",
+REPORT_METRICS = ("loss_first", "loss_last", "ground_heldout_r2", "heldout_vqa_accuracy", "heldout_ocr_accuracy",
                   "heldout_text_accuracy", "heldout_existence_hallucination_rate")
 
 
@@ -90,6 +90,14 @@ def _cached(recipe: Recipe, stage: Stage, key: str, parent: str) -> StageOutcome
     run = registry.get_run(info["run_id"])
     return StageOutcome(stage.name, stage.kind, version, parent, info["run_id"], True, 0.0,
                         int(run["params"].get("trainable_params", 0)), run["metrics"])
+
+
+def grounding_metrics(fit) -> dict[str, float]:
+    """The connector fit of a `ground_connector` stage, as MLflow metrics."""
+    out = {"ground_images": float(fit.images), "ground_tokens": float(fit.tokens), "ground_r2": fit.r2}
+    if fit.heldout_r2 is not None:
+        out["ground_heldout_r2"] = fit.heldout_r2
+    return out
 
 
 MONITORING = {"eval_every", "checkpoint_every"}  # train settings that do not change the result
@@ -146,8 +154,9 @@ def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list
         suite = evaluate_suite(model, ChatEncoder(processor, recipe.model.max_length), samples,
                                max_new_tokens=recipe.evaluate.max_new_tokens,
                                batch_size=recipe.evaluate.batch_size)
-        metrics = {"loss_first": run.result.mean_loss(first=True),
-                   "loss_last": run.result.mean_loss(first=False),
+        metrics = {**({"loss_first": run.result.mean_loss(first=True),
+                       "loss_last": run.result.mean_loss(first=False)} if run.result.history else {}),
+                   **(grounding_metrics(run.grounding) if run.grounding else {}),
                    "dropped_too_long": float(run.dropped), "train_seconds": seconds,
                    **{f"drawn_{s}": float(n) for s, n in run.source_counts.items()},
                    **{f"heldout_{k}": v for k, v in suite.metrics.items()}}

@@ -69,3 +69,22 @@ def test_monitoring_settings_leave_a_stages_cache_key_alone():
     assert key == fingerprint(quiet, recipe.model, "3", "data1", recipe.seed)  # as keys always were
     slower = stage.model_copy(update={"train": stage.train.model_copy(update={"lr": 1e-5})})
     assert key != stage_cache_key(recipe, slower, "3", "data1")
+
+
+def test_sample_averaged_loss_is_for_unpacked_supervised_stages():
+    from components.recipe import Stage
+
+    base = dict(name="s", longest_edge=32, unfreeze={"text": "full"})
+    assert Stage(kind="sft", sources=["scenes_vqa"], loss_average="sample", **base).loss_average == "sample"
+    assert "loss_average" not in Stage(kind="sft", sources=["scenes_vqa"], **base).model_dump()
+    with pytest.raises(ValueError, match="unpacked"):
+        Stage(kind="sft", sources=["scenes_vqa"], loss_average="sample", packing=True, **base)
+    with pytest.raises(ValueError, match="unpacked"):
+        Stage(kind="align", sources=["preference"], loss_average="sample", **base)
+
+
+def test_backbones_always_take_gradient_steps():
+    from components.recipe import Backbones
+
+    with pytest.raises(ValueError, match="backbones.text.train.steps"):
+        Backbones(text={"train": {"steps": 0}})

@@ -76,7 +76,8 @@ def hallucination_metrics(yes_no_preds: Sequence[str], yes_no_labels: Sequence[b
     out: dict[str, float] = {}
     if captions:
         c = chair([p for p, _ in captions], [o for _, o in captions])
-        out = {"caption_hallucination_rate": c["chair_s"], "caption_chair_i": c["chair_i"]}
+        out = {"caption_hallucination_rate": c["chair_s"], "caption_chair_i": c["chair_i"],
+               "caption_object_recall": c["recall"]}
     absent = [p for p, present in zip(yes_no_preds, yes_no_labels, strict=True) if not present]
     probes = len(absent) + len(captions)
     if probes:

@@ -66,6 +66,8 @@ def add_lora(model: nn.Module, groups: list[str], rank: int) -> list[str]:
     """Inject LoRA adapters (rank ``rank``, alpha 2*rank) into the groups' Linear layers."""
     from peft import LoraConfig, inject_adapter_in_model
 
+    from components.model.common import seeded
+
     prefixes = GROUP_PREFIXES[type(model).__name__]
     targets = [n for n, m in model.named_modules()
                if isinstance(m, nn.Linear) and not n.startswith("lm_head")
@@ -74,8 +76,9 @@ def add_lora(model: nn.Module, groups: list[str], rank: int) -> list[str]:
     if not targets:
         raise ValueError(f"groups {groups} have no Linear layer for LoRA")
     on_meta = next(model.parameters()).is_meta  # sizing a large model: adapters on meta too
-    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
-                                       target_modules=targets), model, low_cpu_mem_usage=on_meta)
+    with seeded(0):  # the same adapters whatever ran before in this process
+        inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0,
+                                           target_modules=targets), model, low_cpu_mem_usage=on_meta)
     return targets
 
 

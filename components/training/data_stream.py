@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from components.data.params import TEXT_ONLY_SOURCES
@@ -150,6 +150,16 @@ def single_turns(messages: list[dict]) -> list[list[dict]]:
     return out
 
 
+def turns_of_types(record: dict, types: Collection[str]) -> list[list[dict]]:
+    """The record's single turns (`single_turns`) whose question type is in `types`; a record
+    without a type per turn (`qtypes`, or `qtype` for one turn) has none."""
+    turns = single_turns(record["messages"])
+    qtypes = record.get("qtypes", [record["qtype"]] if "qtype" in record else [])
+    if len(qtypes) != len(turns):
+        return []
+    return [turn for turn, qtype in zip(turns, qtypes, strict=True) if qtype in types]
+
+
 class ChatBatches:
     """Collated supervised batches (assistant-only labels).
 
@@ -161,9 +171,9 @@ class ChatBatches:
     rows_per_sample = 1
 
     def __init__(self, samples: Iterable[Sample], encoder: ChatEncoder, batch_size: int, packing: bool = False,
-                 split_turns: bool = False):
+                 split_turns: bool = False, question_types: Collection[str] | None = None):
         self.samples, self.encoder, self.batch_size, self.packing = samples, encoder, batch_size, packing
-        self.split_turns = split_turns
+        self.split_turns, self.question_types = split_turns, question_types
         self.skipped = 0
         self.pad_id = encoder.tokenizer.pad_token_id
 
@@ -173,8 +183,15 @@ class ChatBatches:
         return self.skipped
 
     def encode(self, sample: Sample) -> list[Encoded] | None:
-        conversations = (single_turns(sample.record["messages"]) if self.split_turns
-                         else [sample.record["messages"]])
+        """The sample's rows ([] when no turn is selected), or None when one is too long."""
+        if self.question_types is not None:
+            conversations = turns_of_types(sample.record, self.question_types)
+            if not conversations:
+                return []
+        elif self.split_turns:
+            conversations = single_turns(sample.record["messages"])
+        else:
+            conversations = [sample.record["messages"]]
         encoded = [self.encoder.encode(messages, sample.images) for messages in conversations]
         kept = [e for e in encoded if e is not None]
         return kept or None

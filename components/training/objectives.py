@@ -24,6 +24,16 @@ def labelled_tokens(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE).sum(-1)
 
 
+def sample_mean_lm_objective(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token loss averaged over each sample's labelled tokens, then over the samples: a
+    twenty-token caption weighs as much as a one-word answer (`lm_objective` averages over
+    all labelled tokens of the batch, so long answers dominate it)."""
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    tokens = labelled_tokens(batch["labels"])
+    nll = -sequence_logps(logits, batch["labels"]) / tokens.clamp(min=1)
+    return nll[tokens > 0].mean(), {}
+
+
 PREFERENCE_LOSSES = ("sigmoid", "ipo", "sigmoid_norm", "sigmoid_sft")
 
 

@@ -30,6 +30,8 @@ def test_chair_counts_captions_and_mentions():
                 [SCENE] * 3)
     assert out["chair_s"] == pytest.approx(2 / 3)
     assert out["chair_i"] == pytest.approx(2 / 4)
+    assert out["recall"] == pytest.approx(2 / 6)  # the red square twice, the blue circle never
+    assert chair(["nothing to see."], [SCENE]) == {"chair_s": 0.0, "chair_i": 0.0, "recall": 0.0}
     with pytest.raises(ValueError, match="2 captions but 1"):
         chair(["a", "b"], [SCENE])
 

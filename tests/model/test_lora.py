@@ -69,3 +69,14 @@ def test_schedule_must_name_each_group_of_the_architecture(tokenizer, tmp_path):
     counts = apply_unfreezing(model, {"vision": "frozen", "connector": "full", "cross_attn": "lora",
                                       "text": "frozen"})
     assert counts["text"] == 0 and counts["cross_attn"] > 0
+
+
+def test_adapters_start_the_same_whatever_ran_before(tokenizer, tmp_path):
+    adapters = []
+    for seed in (1, 2):  # a different global RNG state before each injection
+        _, _, model, _ = build("idefics3", tokenizer, tmp_path / str(seed))
+        torch.manual_seed(seed)
+        apply_unfreezing(model, {"vision": "frozen", "connector": "full", "text": "lora"})
+        adapters.append({k: v for k, v in model.state_dict().items() if "lora_A" in k})
+    assert adapters[0] and adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(v, adapters[1][k]) for k, v in adapters[0].items())

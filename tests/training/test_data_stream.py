@@ -21,6 +21,7 @@ from components.training.data_stream import (
     PreferenceBatches,
     SampleStream,
     sample_stream,
+    turns_of_types,
 )
 
 
@@ -142,3 +143,20 @@ def test_split_turns_gives_each_answer_its_own_sample_with_the_image(encoder, sh
     assert {len(b["input_ids"]) for b in itertools.islice(batches, 10)} == {4}  # turns spill over, never overshoot
     base = dict(name="p", kind="pretrain", longest_edge=32, sources=["scenes_vqa"], unfreeze={"text": "full"})
     assert "split_turns" not in Stage(**base).model_dump() and Stage(**base, split_turns=True).split_turns
+
+
+def test_question_types_keep_only_the_turns_of_those_types(encoder, shards):
+    stream = SampleStream(sorted((shards / "train").glob("scenes_vqa-*.tar")), seed=0)
+    sample = next(s for s in stream if {"colour", "count"} <= set(s.record["qtypes"]))
+    qtypes, messages = sample.record["qtypes"], sample.record["messages"]
+    kept = turns_of_types(sample.record, {"colour"})
+    assert [turn[1] for turn in kept] == [messages[2 * i + 1] for i, q in enumerate(qtypes) if q == "colour"]
+    assert turns_of_types({"messages": messages}, {"colour"}) == []  # untyped turns are never selected
+    batches = ChatBatches([sample], encoder, batch_size=1, split_turns=True, question_types={"count"})
+    rows = batches.encode(sample)
+    assert len(rows) == qtypes.count("count") and batches.skipped == 0
+    assert ChatBatches([sample], encoder, 1, split_turns=True, question_types={"ocr"}).encode(sample) == []
+    base = dict(name="p", kind="pretrain", longest_edge=32, sources=["scenes_vqa"], unfreeze={"text": "full"})
+    with pytest.raises(ValueError, match="split_turns"):
+        Stage(**base, question_types=["colour"])
+    assert "question_types" not in Stage(**base).model_dump()

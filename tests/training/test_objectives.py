@@ -11,9 +11,37 @@ from components.training.batching import IGNORE
 from components.training.objectives import (
     drop_patches,
     preference_loss,
+    sample_mean_lm_objective,
     sequence_logps,
     siglip_loss,
 )
+
+
+class _FixedLogits(torch.nn.Module):
+    """A 'model' returning the given logits, whatever the batch."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, **_):
+        return type("Out", (), {"logits": self.logits})()
+
+
+def test_sample_mean_loss_weighs_every_sample_alike():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6, 11)
+    labels = torch.full((3, 6), IGNORE)
+    labels[0, 1:5] = torch.tensor([1, 2, 3, 4])  # a four-token answer
+    labels[1, 5] = 7  # a one-token answer
+    # sample 2 has no labelled token (e.g. its answer did not fit): it does not count
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1),
+                                            ignore_index=IGNORE, reduction="none").view(3, 5)
+    per_sample = [nll[0, 0:4].mean(), nll[1, 4]]
+    loss, _ = sample_mean_lm_objective(_FixedLogits(logits), {"input_ids": None, "labels": labels})
+    assert loss.item() == pytest.approx(((per_sample[0] + per_sample[1]) / 2).item(), rel=1e-5)
+    token_mean = nll[labels[:, 1:] != IGNORE].mean()
+    assert loss.item() != pytest.approx(token_mean.item(), rel=1e-3)  # the default would differ
 
 
 def test_dpo_sigmoid_loss_on_known_logps():

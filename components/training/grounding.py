@@ -1,0 +1,170 @@
+"""Grounded connector fit: each image token starts on the LM's embedding of what it shows.
+
+A tiny LM learns late, in a sudden transition, to look up "the circle" among image
+tokens that a randomly initialised connector produces. When the image token of a region
+is the sum of the LM's own input embeddings of the phrase naming it ("red circle"), the
+lookup is the one the LM already does on words, and it learns it in a few hundred steps
+(measured in the README's "Known limits"). This module fits the pixel-shuffle
+connector's linear projection to those targets in closed form (ridge regression over
+the frozen tower's features) on records that say where their objects are.
+
+Region annotations: a record's ``objects`` with a ``quadrant`` (the shape scenes). An image
+token's target is the phrase embedding of the region that contains the centre of the area
+the token covers; tokens on background get the zero vector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image
+QUADRANT_BOXES: dict[str, Box] = {
+    "top left": (0.0, 0.0, 0.5, 0.5),
+    "top right": (0.5, 0.0, 1.0, 0.5),
+    "bottom left": (0.0, 0.5, 0.5, 1.0),
+    "bottom right": (0.5, 0.5, 1.0, 1.0),
+}
+
+
+def regions(record: dict[str, Any]) -> list[tuple[Box, str]]:
+    """The record's annotated regions as (box, phrase); [] when it has none."""
+    return [(QUADRANT_BOXES[o["quadrant"]], f"{o['colour']} {o['shape']}")
+            for o in record.get("objects", ()) if o.get("quadrant") in QUADRANT_BOXES]
+
+
+def token_boxes(rows: int, cols: int, per_side: int) -> list[Box]:
+    """The area each image token covers, in the Idefics3 order: the rows x cols tiles (each
+    `per_side` x `per_side` tokens, row-major), then the global view; rows = cols = 0 when the
+    image is not split (the global view only)."""
+    def grid(x0: float, y0: float, w: float, h: float) -> list[Box]:
+        s = 1.0 / per_side
+        return [(x0 + c * s * w, y0 + r * s * h, x0 + (c + 1) * s * w, y0 + (r + 1) * s * h)
+                for r in range(per_side) for c in range(per_side)]
+    boxes = [b for r in range(rows) for c in range(cols) for b in grid(c / cols, r / rows, 1 / cols, 1 / rows)]
+    return boxes + grid(0.0, 0.0, 1.0, 1.0)
+
+
+def phrase_embedding(tokenizer, embeddings: torch.Tensor, phrase: str) -> torch.Tensor:
+    """Sum of the input embeddings of ``phrase`` as it is tokenised inside a sentence."""
+    ids = tokenizer.encode(" " + phrase, add_special_tokens=False)
+    return embeddings[ids].sum(0)
+
+
+def token_targets(annotated: list[tuple[Box, str]], boxes: list[Box], tokenizer,
+                  embeddings: torch.Tensor) -> torch.Tensor:
+    """One target per token box: the phrase embedding of the region holding its centre, else 0."""
+    out = torch.zeros(len(boxes), embeddings.shape[1])
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        for (rx0, ry0, rx1, ry1), phrase in annotated:
+            if rx0 <= cx < rx1 and ry0 <= cy < ry1:
+                out[i] = phrase_embedding(tokenizer, embeddings, phrase)
+                break
+    return out
+
+
+@dataclass
+class GroundingFit:
+    images: int  # annotated images the fit used
+    tokens: int  # image tokens (rows of the regression)
+    r2: float  # share of the targets' (weighted) variance the fitted connector explains there
+    heldout_r2: float | None = None  # the same on annotated images the fit never saw
+
+
+def projection_of(model) -> torch.nn.Linear:
+    """The linear projection after pixel shuffle of an Idefics3-style connector."""
+    proj = getattr(getattr(getattr(model.model, "connector", None), "modality_projection", None), "proj", None)
+    if not isinstance(proj, torch.nn.Linear):
+        raise ValueError(f"ground_connector needs an Idefics3-style connector (pixel shuffle, then one "
+                         f"linear projection); {type(model).__name__} has none")
+    return proj
+
+
+@dataclass
+class _Moments:
+    """Sufficient statistics of the regression from pixel-shuffled features x to targets y."""
+
+    xtx: torch.Tensor
+    xty: torch.Tensor
+    yty: float = 0.0
+    ysum: torch.Tensor | None = None
+    tokens: int = 0
+    images: int = 0
+    total_weight: float = 0.0  # of the tokens (the global view's count more, see flush)
+
+    def r2(self, projection: torch.Tensor) -> float:
+        """Explained share of the targets' variance for x @ projection (weighted tokens)."""
+        p = projection
+        residual = self.yty - 2 * float((p * self.xty).sum()) + float((p * (self.xtx @ p)).sum())
+        return 1.0 - residual / (self.yty - float((self.ysum * self.ysum).sum()) / self.total_weight)
+
+
+@torch.no_grad()
+def _moments(model, image_processor, tokenizer, records: Iterable[tuple[Image.Image, dict]],
+             chunk: int = 64) -> _Moments:
+    proj, connector, tower = projection_of(model), model.model.connector, model.model.vision_model
+    embeddings = model.get_input_embeddings().weight.detach().float()
+    vision = model.config.vision_config
+    per_side = (vision.image_size // vision.patch_size) // model.config.scale_factor
+    m = _Moments(torch.zeros(proj.in_features, proj.in_features, dtype=torch.float64),
+                 torch.zeros(proj.in_features, proj.out_features, dtype=torch.float64),
+                 ysum=torch.zeros(proj.out_features, dtype=torch.float64))
+    batch: list[tuple[Image.Image, list]] = []
+
+    def flush() -> None:
+        enc = image_processor([[img] for img, _ in batch], return_row_col_info=True, return_tensors="pt")
+        hidden = tower(pixel_values=enc["pixel_values"].flatten(0, 1)).last_hidden_state
+        shuffled = connector.pixel_shuffle(hidden, connector.scale_factor)
+        shuffled = shuffled.reshape(len(batch), -1, proj.in_features)  # padding frames come last
+        for (_, annotated), x, rows, cols in zip(batch, shuffled, enc["rows"], enc["cols"], strict=True):
+            boxes = token_boxes(rows[0], cols[0], per_side)
+            x = x[:len(boxes)].double()
+            y = token_targets(annotated, boxes, tokenizer, embeddings).double()
+            # the global view weighs as much as all tiles together: stages at a lower resolution
+            # see only the global view, and the fit serves them as well as the tiled ones
+            w = torch.ones(len(boxes), 1, dtype=torch.float64)
+            w[-per_side * per_side:] = max(1, rows[0] * cols[0])
+            m.xtx.add_(x.T @ (w * x))
+            m.xty.add_(x.T @ (w * y))
+            m.yty += float((w * y * y).sum())
+            m.ysum.add_((w * y).sum(0))
+            m.tokens += len(boxes)
+            m.total_weight += float(w.sum())
+            m.images += 1
+        batch.clear()
+
+    was_training = model.training
+    model.eval()
+    for image, record in records:
+        if annotated := regions(record):
+            batch.append((image, annotated))
+            if len(batch) == chunk:
+                flush()
+    if batch:
+        flush()
+    model.train(was_training)
+    return m
+
+
+def fit_connector(model, image_processor, tokenizer, records: Iterable[tuple[Image.Image, dict]],
+                  ridge: float, heldout: Iterable[tuple[Image.Image, dict]] = ()) -> GroundingFit:
+    """Set the connector's projection to the ridge solution mapping the frozen tower's
+    pixel-shuffled features onto the token targets of the annotated ``records`` (image,
+    record); the tower and the LM are unchanged. ``heldout`` records only measure the fit."""
+    proj = projection_of(model)
+    fit = _moments(model, image_processor, tokenizer, records)
+    if not fit.images:
+        raise ValueError("ground_connector found no annotated images (records with objects and "
+                         "quadrants) in the stage's sources")
+    weight = torch.linalg.solve(fit.xtx + ridge * torch.eye(proj.in_features, dtype=torch.float64), fit.xty)
+    with torch.no_grad():
+        proj.weight.copy_(weight.T.to(proj.weight.dtype))
+        if proj.bias is not None:
+            proj.bias.zero_()
+    check = _moments(model, image_processor, tokenizer, heldout)
+    return GroundingFit(fit.images, fit.tokens, fit.r2(weight), check.r2(weight) if check.images else None)
