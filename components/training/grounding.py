@@ -58,12 +58,13 @@ def phrase_embedding(tokenizer, embeddings: torch.Tensor, phrase: str) -> torch.
 def token_targets(annotated: list[tuple[Box, str]], boxes: list[Box], tokenizer,
                   embeddings: torch.Tensor) -> torch.Tensor:
     """One target per token box: the phrase embedding of the region holding its centre, else 0."""
+    vectors = [(box, phrase_embedding(tokenizer, embeddings, phrase)) for box, phrase in annotated]
     out = torch.zeros(len(boxes), embeddings.shape[1])
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        for (rx0, ry0, rx1, ry1), phrase in annotated:
+        for (rx0, ry0, rx1, ry1), vector in vectors:
             if rx0 <= cx < rx1 and ry0 <= cy < ry1:
-                out[i] = phrase_embedding(tokenizer, embeddings, phrase)
+                out[i] = vector
                 break
     return out
 
