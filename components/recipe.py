@@ -137,6 +137,10 @@ class GroundConnector(_Strict):
     longest_edge: int | None = Field(None, gt=0)
 
 
+_LATER_FIELDS = {"mixture": None, "lora_rank": 8, "split_turns": False, "ground_connector": None,
+                 "question_types": None, "loss_average": "token"}
+
+
 class Stage(_Strict):
     """One training stage: what it trains, on which data, at which resolution."""
 
@@ -176,21 +180,14 @@ class Stage(_Strict):
         return data
 
     @model_serializer(mode="wrap")
-    def _omit_unset_mixture(self, handler: Any) -> Any:
-        # stages without a mixture dump (and fingerprint) exactly as before the field existed
+    def _omit_defaults_of_later_fields(self, handler: Any) -> Any:
+        # fields added after the first recipes dump (and fingerprint) nothing at their
+        # defaults, so stage cache keys stay what they were before each field existed
         data = handler(self)
-        if self.mixture is None and isinstance(data, dict):
-            data.pop("mixture", None)
-        if self.lora_rank == 8 and isinstance(data, dict):  # likewise a default lora_rank
-            data.pop("lora_rank", None)
-        if not self.split_turns and isinstance(data, dict):  # and split_turns off
-            data.pop("split_turns", None)
-        if self.ground_connector is None and isinstance(data, dict):  # and no connector fit
-            data.pop("ground_connector", None)
-        if self.question_types is None and isinstance(data, dict):  # and no question filter
-            data.pop("question_types", None)
-        if self.loss_average == "token" and isinstance(data, dict):  # and the token average
-            data.pop("loss_average", None)
+        if isinstance(data, dict):
+            for name, default in _LATER_FIELDS.items():
+                if getattr(self, name) == default:
+                    data.pop(name, None)
         return data
 
     @model_validator(mode="after")

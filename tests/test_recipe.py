@@ -83,6 +83,19 @@ def test_sample_averaged_loss_is_for_unpacked_supervised_stages():
         Stage(kind="align", sources=["preference"], loss_average="sample", **base)
 
 
+def test_fields_added_later_are_left_out_of_the_dump_at_their_defaults():
+    """Older stage cache keys stay valid: a field added later dumps only when it is set."""
+    from components.recipe import _LATER_FIELDS, Stage
+
+    base = dict(name="s", kind="pretrain", longest_edge=32, sources=["scenes_vqa"],
+                unfreeze={"text": "full"})
+    assert not set(_LATER_FIELDS) & set(Stage(**base).model_dump())
+    set_ = Stage(**base, lora_rank=4, split_turns=True, question_types=["colour"],
+                 loss_average="sample", mixture={"scenes_vqa": 1.0},
+                 ground_connector={"images": 10})
+    assert set(_LATER_FIELDS) <= set(set_.model_dump())
+
+
 def test_backbones_always_take_gradient_steps():
     from components.recipe import Backbones
 
