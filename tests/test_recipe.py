@@ -90,10 +90,10 @@ def test_fields_added_later_are_left_out_of_the_dump_at_their_defaults():
     base = dict(name="s", kind="pretrain", longest_edge=32, sources=["scenes_vqa"],
                 unfreeze={"text": "full"})
     assert not set(_LATER_FIELDS) & set(Stage(**base).model_dump())
-    set_ = Stage(**base, lora_rank=4, split_turns=True, question_types=["colour"],
+    given = Stage(**base, lora_rank=4, split_turns=True, question_types=["colour"],
                  loss_average="sample", mixture={"scenes_vqa": 1.0},
                  ground_connector={"images": 10})
-    assert set(_LATER_FIELDS) <= set(set_.model_dump())
+    assert set(_LATER_FIELDS) <= set(given.model_dump())
 
 
 def test_backbones_always_take_gradient_steps():
