@@ -138,7 +138,7 @@ class GroundConnector(_Strict):
 
 
 _LATER_FIELDS = {"mixture": None, "lora_rank": 8, "split_turns": False, "ground_connector": None,
-                 "question_types": None, "loss_average": "token"}
+                 "question_types": None, "loss_average": "token", "rejected_from": "data"}
 
 
 class Stage(_Strict):
@@ -155,6 +155,9 @@ class Stage(_Strict):
     # align: DPO (sigmoid), IPO, length-normalised DPO, or DPO + `sft_weight` x NLL on chosen
     loss: Literal["sigmoid", "ipo", "sigmoid_norm", "sigmoid_sft"] = "sigmoid"
     sft_weight: float = Field(1.0, ge=0)
+    # align: the data's rejected captions, or the SFT model's own hallucinated captions with
+    # their minimal corrections as chosen (RLHF-V style, corrected_pairs.py)
+    rejected_from: Literal["data", "model"] = "data"
     # share of text-only samples (source `text`); None = the sources' natural mixture
     text_ratio: float | None = Field(None, ge=0, le=1)
     packing: bool = False  # pretrain/sft: several conversations per row, attention kept within each
@@ -221,6 +224,8 @@ class Stage(_Strict):
             if not text_only or len(text_only) == len(self.sources):
                 raise ValueError(f"stage {self.name!r}: text_ratio needs a text-only source "
                                  f"{list(TEXT_ONLY_SOURCES)} and an image source in sources")
+        if self.rejected_from == "model" and self.kind != "align":
+            raise ValueError(f"stage {self.name!r}: rejected_from applies to align stages only")
         if self.packing and self.kind == "align":
             raise ValueError(f"stage {self.name!r}: packing applies to pretrain/sft stages only")
         if self.ground_connector is not None and self.kind != "pretrain":

@@ -17,6 +17,7 @@ from flows.lineage import markdown_table, publish_markdown
 
 COLUMNS = {"vqa_colour_accuracy": "colour", "vqa_count_accuracy": "count",
            "vqa_position_accuracy": "position", "vqa_existence_accuracy": "exists",
+           "vqa_shape_accuracy": "shape",
            "vqa_accuracy": "vqa", "ocr_accuracy": "ocr", "text_accuracy": "text",
            "caption_cider": "cider", "caption_object_recall": "cap_recall",
            "existence_hallucination_rate": "halluc_yes",

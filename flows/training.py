@@ -159,6 +159,7 @@ def train_stage(recipe: Recipe, stage: Stage, data: DataVersion, backbones: list
                    **(grounding_metrics(run.grounding) if run.grounding else {}),
                    "dropped_too_long": float(run.dropped), "train_seconds": seconds,
                    **{f"drawn_{s}": float(n) for s, n in run.source_counts.items()},
+                   **{k: float(n) for k, n in run.corrections.items()},
                    **{f"heldout_{k}": v for k, v in suite.metrics.items()}}
         registry.log_metrics(metrics)
         log_predictions(suite.rows, [s.images[0] if s.images else None for s in samples],

@@ -1,4 +1,4 @@
-"""Questions about a scene: colour, count, position and existence, with exact answers."""
+"""Questions about a scene: colour, count, position, existence and shape, with exact answers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from components.data.scene import COLOURS, SHAPES, Scene, indefinite
 
-QTYPES: tuple[str, ...] = ("colour", "count", "position", "existence")
+QTYPES: tuple[str, ...] = ("colour", "count", "position", "existence", "shape")
 
 
 @dataclass(frozen=True)
@@ -32,13 +32,15 @@ class QA:
 
 
 def stratified(index: int) -> tuple[str, dict[str, bool]]:
-    """Question type and existence polarity fixed by the index, so any run of 8k is balanced."""
-    qtype = QTYPES[index % len(QTYPES)]
+    """Question type and existence polarity fixed by the index, so any run of
+    ``2 * len(QTYPES)`` is balanced (every fourth absent-object question is hard)."""
+    n = len(QTYPES)
+    qtype = QTYPES[index % n]
     spec: dict[str, bool] = {}
     if qtype == "existence":
-        spec["absent"] = (index // 4) % 2 == 1
+        spec["absent"] = (index // n) % 2 == 1
         if spec["absent"]:
-            spec["hard"] = (index // 8) % 2 == 0
+            spec["hard"] = (index // (2 * n)) % 2 == 0
     return qtype, spec
 
 
@@ -67,6 +69,13 @@ def ask(
         shape = rng.choice(unique)
         colour = next(o.colour for o in scene.objects if o.shape == shape)
         return QA(qtype, f"What colour is the {shape}?", colour)
+    if qtype == "shape":
+        unique = scene.unique_colours()
+        if not unique:
+            raise ValueError("shape question needs a colour that occurs exactly once")
+        colour = rng.choice(unique)
+        shape = next(o.shape for o in scene.objects if o.colour == colour)
+        return QA(qtype, f"What shape is the {colour} object?", shape)
     if qtype == "count":
         if rng.random() < 0.75:
             shape = rng.choice(scene.objects).shape
@@ -98,7 +107,8 @@ def ask(
 
 def conversation(scene: Scene, rng: random.Random, n_turns: int) -> list[QA]:
     """``n_turns`` distinct questions of mixed types about one scene."""
-    allowed = [q for q in QTYPES if q != "colour" or scene.unique_shapes()]
+    allowed = [q for q in QTYPES
+               if (q != "colour" or scene.unique_shapes()) and (q != "shape" or scene.unique_colours())]
     plan = rng.sample(allowed, len(allowed))
     out: list[QA] = []
     seen: set[str] = set()

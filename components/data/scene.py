@@ -66,6 +66,9 @@ class Scene:
     def unique_shapes(self) -> list[str]:
         return [s for s in SHAPES if self.count(s) == 1]
 
+    def unique_colours(self) -> list[str]:
+        return [c for c in COLOURS if sum(o.colour == c for o in self.objects) == 1]
+
 
 def indefinite(phrase: str) -> str:
     """The phrase with its indefinite article ("a red circle", "an orange square")."""
@@ -77,8 +80,10 @@ def reading_order(objects: list[SceneObject] | tuple[SceneObject, ...]) -> tuple
     return tuple(sorted(objects, key=lambda o: QUADRANTS.index(o.quadrant)))
 
 
-def sample_scene(rng: random.Random, require_unique_shape: bool = False) -> Scene:
-    """Draw a scene; with ``require_unique_shape`` some shape occurs exactly once."""
+def sample_scene(rng: random.Random, require_unique_shape: bool = False,
+                 require_unique_colour: bool = False) -> Scene:
+    """Draw a scene; with ``require_unique_shape`` (``_colour``) some shape (colour) occurs
+    exactly once."""
     while True:
         n = rng.randint(1, 3)
         quadrants = rng.sample(QUADRANTS, n)
@@ -87,7 +92,8 @@ def sample_scene(rng: random.Random, require_unique_shape: bool = False) -> Scen
             [SceneObject(c, s, q) for (c, s), q in zip(combos, quadrants, strict=True)]
         )
         scene = Scene(objects, rng.choice(BACKGROUNDS))
-        if not require_unique_shape or scene.unique_shapes():
+        if (not require_unique_shape or scene.unique_shapes()) and (
+                not require_unique_colour or scene.unique_colours()):
             return scene
 
 

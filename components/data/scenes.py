@@ -44,7 +44,8 @@ def generate_vqa(seed: int, index: int, split: str, image_size: int = 64) -> Sam
     rng = sample_rng(seed, split, source, index)
     if split == "test":
         qtype, spec = questions.stratified(index)
-        scene = sample_scene(rng, require_unique_shape=qtype == "colour")
+        scene = sample_scene(rng, require_unique_shape=qtype == "colour",
+                             require_unique_colour=qtype == "shape")
         image = render_scene(scene, rng, image_size)
         qa = questions.ask(scene, rng, qtype, **spec)
         record = scene_record(

@@ -10,6 +10,7 @@ from pathlib import Path
 from components.data.shards import read_samples
 from components.recipe import Stage
 from components.training.batching import ChatEncoder
+from components.training.corrected_pairs import CorrectedCaptionPairs
 from components.training.data_stream import (
     ChatBatches,
     PreferenceBatches,
@@ -29,6 +30,8 @@ class StageRun:
     dropped: int  # samples skipped because text + image tokens exceed max_length
     source_counts: dict[str, int] = field(default_factory=dict)  # samples drawn per source (mixture)
     grounding: GroundingFit | None = None  # the connector fit of a `ground_connector` stage
+    # align with `rejected_from: model`: caption prompts the reference captioned, pairs rewritten
+    corrections: dict[str, int] = field(default_factory=dict)
 
     @property
     def skipped(self) -> int:
@@ -71,9 +74,11 @@ def run_stage(model, processor, stage: Stage, shards: Path, loop: LoopConfig, *,
     if loop.steps == 0:
         return StageRun(LoopResult(steps=0, samples=0, seconds=0.0), 0, grounding=grounding)
     encoder = ChatEncoder(processor, max_length)
-    samples = sample_stream(shards, stage.sources, loop.seed, stage.text_ratio, stage.mixture)
+    stream = samples = sample_stream(shards, stage.sources, loop.seed, stage.text_ratio, stage.mixture)
     if stage.kind == "align":
         reference = copy.deepcopy(model)  # the frozen parent (SFT) model
+        if stage.rejected_from == "model":
+            samples = CorrectedCaptionPairs(samples, reference, encoder)
         batches = PreferenceBatches(samples, encoder, stage.train.batch_size)
         objective = PreferenceObjective(reference, beta=stage.beta, loss_type=stage.loss,
                                         sft_weight=stage.sft_weight)
@@ -89,4 +94,6 @@ def run_stage(model, processor, stage: Stage, shards: Path, loop: LoopConfig, *,
                                  stage.train.batch_size)
     result = train(model, batches, loop, objective, on_log, checkpoint_dir=checkpoint_dir,
                    on_eval=probe)
-    return StageRun(result, batches.skipped, dict(getattr(samples, "counts", {})), grounding)
+    corrections = ({"captions_judged": samples.judged, "pairs_corrected": samples.replaced}
+                   if isinstance(samples, CorrectedCaptionPairs) else {})
+    return StageRun(result, batches.skipped, dict(getattr(stream, "counts", {})), grounding, corrections)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 from collections import Counter
 from typing import Any
@@ -14,13 +15,15 @@ import pytest
 from components.data.corpus import GENERATORS, generate_sample
 from components.data.ocr import MIN_CONTRAST, luminance
 from components.data.params import SOURCES
+from components.data.questions import QA, QTYPES, ask, conversation
 from components.data.sample import Sample, image_placeholders, message_text
-from components.data.scene import COLOURS, QUADRANTS, SHAPES
+from components.data.scene import COLOURS, QUADRANTS, SHAPES, Scene, SceneObject
 
 COLOUR_Q = re.compile(r"^What colour is the (\w+)\?$")
 COUNT_Q = re.compile(r"^How many (\w+)s are there\?$")
 POSITION_Q = re.compile(r"^Where is the (\w+) (\w+)\?$")
 EXISTENCE_Q = re.compile(r"^Is there an? (\w+) (\w+)\?$")
+SHAPE_Q = re.compile(r"^What shape is the (\w+) object\?$")
 
 
 def png(sample: Sample) -> list[bytes]:
@@ -70,6 +73,10 @@ def check_qa(question: str, answer: str, objects: list[dict[str, str]]) -> str:
         present = any((o["colour"], o["shape"]) == (m[1], m[2]) for o in objects)
         assert answer == ("yes" if present else "no")
         return "existence"
+    if m := SHAPE_Q.match(question):
+        matching = [o for o in objects if o["colour"] == m[1]]
+        assert len(matching) == 1 and matching[0]["shape"] == answer
+        return "shape"
     raise AssertionError(f"unrecognised question {question!r}")
 
 
@@ -169,9 +176,9 @@ def test_vqa_test_split_single_question_answers_match_objects() -> None:
                     )
         else:
             assert "absent" not in record
-    assert set(qtypes.values()) == {50}
-    assert existence[True] == existence[False] == 25
-    assert abs(negatives["hard"] - negatives["random"]) <= 1
+    assert set(qtypes) == set(QTYPES) and set(qtypes.values()) == {40}
+    assert existence[True] == existence[False] == 20
+    assert negatives["hard"] == negatives["random"] == 10
 
 
 def test_vqa_train_is_one_multi_turn_conversation() -> None:
@@ -263,3 +270,15 @@ def test_unknown_source_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown source 'nope'"):
         generate_sample("nope", 0, "train", 0)
     assert set(GENERATORS) == set(SOURCES)
+
+
+def test_shape_question_names_the_shape_of_the_only_object_of_a_colour() -> None:
+    rng = random.Random(0)
+    scene = Scene((SceneObject("red", "circle", "top left"), SceneObject("blue", "square", "top right"),
+                   SceneObject("blue", "triangle", "bottom left")), (255, 255, 255))
+    assert ask(scene, rng, "shape") == QA("shape", "What shape is the red object?", "circle")
+    same = Scene((SceneObject("blue", "square", "top left"), SceneObject("blue", "circle", "top right")),
+                 (255, 255, 255))
+    with pytest.raises(ValueError, match="colour that occurs exactly once"):
+        ask(same, rng, "shape")
+    assert all(qa.qtype != "shape" for qa in conversation(same, rng, 5))
