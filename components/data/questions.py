@@ -33,7 +33,7 @@ class QA:
 
 def stratified(index: int) -> tuple[str, dict[str, bool]]:
     """Question type and existence polarity fixed by the index, so any run of
-    ``2 * len(QTYPES)`` is balanced (every fourth absent-object question is hard)."""
+    ``4 * len(QTYPES)`` is balanced (absent objects alternate between hard and random)."""
     n = len(QTYPES)
     qtype = QTYPES[index % n]
     spec: dict[str, bool] = {}

@@ -50,6 +50,19 @@ def test_align_logs_reward_metrics_every_step(backbones, tokenizer, shards):
                 "loss/preference", "loss/sft"} <= set(row)
 
 
+def test_align_on_the_models_own_captions_reports_what_it_judged(backbones, tokenizer, shards):
+    model = assemble_idefics3(*backbones, tokenizer, scale_factor=2)
+    processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
+    stage = _stage(kind="align", sources=["preference"], loss="sigmoid_sft", rejected_from="model")
+    run = run_stage(model, processor, stage, shards, LoopConfig(steps=2, log_every=1, warmup_steps=1),
+                    max_length=256)
+    assert run.result.steps == 2
+    assert set(run.corrections) == {"captions_judged", "pairs_corrected"}
+    assert run.corrections["captions_judged"] > 0
+    with pytest.raises(ValueError, match="rejected_from applies to align stages only"):
+        _stage(kind="sft", sources=["scenes_vqa"], rejected_from="model")
+
+
 def test_a_stage_draws_its_mixture_by_weight_and_reports_the_counts(backbones, tokenizer, shards):
     model = assemble_idefics3(*backbones, tokenizer, scale_factor=2)
     processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
