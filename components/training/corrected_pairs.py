@@ -64,7 +64,7 @@ class CorrectedCaptionPairs:
         self.judged += 1
         objects = sample.record["objects"]
         chosen = corrected_caption(answer, objects) if hallucinated_mentions(answer, objects) else None
-        if chosen is None or chosen == answer:
+        if chosen is None:
             return sample
         self.replaced += 1
         return Sample(sample.key, sample.images,
