@@ -32,7 +32,7 @@ postgres:
 	  echo "postgresql not available: the MLflow-on-PostgreSQL test will skip"
 
 test-distributed: install
-	$(BIN)/pytest -q tests/training/test_distributed.py tests/infra
+	$(BIN)/pytest -q tests/components/training/test_distributed.py tests/flows/stages/test_launch.py tests/infra
 
 test-slow: install
 	$(BIN)/pytest -q -m slow

@@ -1,7 +1,14 @@
 """The recipe: one YAML file describing data, backbones, model, stages and evaluation.
 
-Validated by pydantic, so a typo fails at load time and the Prefect UI can render
-the recipe as a form.
+Validated by pydantic, so a typo fails at load time and the Prefect UI can render the
+recipe as a form. This module owns the training vocabularies (stage kinds, schedules,
+losses) and the cache keys; the other vocabularies come from the light module that owns
+them (sources: components.data.synthetic; architectures: components.model.architectures;
+suite kinds: components.evaluation.suites). Each registry that implements a vocabulary
+checks at import that it covers exactly these names.
+
+A stage is one of three kinds, each with only its own options (`PretrainStage`,
+`SftStage`, `AlignStage`; `Stage` is their union on ``kind``).
 """
 
 from __future__ import annotations
@@ -9,12 +16,21 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
-from components.data.params import SOURCES, TEXT_ONLY_SOURCES, DataParams
+from components.data.params import DataParams
+from components.data.synthetic import SOURCES, TEXT_ONLY_SOURCES
+from components.model.architectures import spec as architecture_spec
+from components.model.spec import UNFREEZE_MODES, ModelSpec
+
+STAGE_KINDS: tuple[str, ...] = ("pretrain", "sft", "align")  # in the order a pipeline runs them
+SCHEDULES: tuple[str, ...] = ("cosine", "wsd")  # components.training.loop
+PREFERENCE_LOSSES: tuple[str, ...] = ("sigmoid", "ipo", "sigmoid_norm", "sigmoid_sft")  # objectives
+LOSS_AVERAGES: tuple[str, ...] = ("token", "sample")  # objectives: supervised loss reductions
+REJECTED_FROM: tuple[str, ...] = ("data", "model")  # align: where rejected answers come from
 
 
 class _Strict(BaseModel):
@@ -22,6 +38,8 @@ class _Strict(BaseModel):
 
 
 class TrainSettings(_Strict):
+    """The optimisation of one stage (or backbone): steps, batch, schedule, checkpoints."""
+
     steps: int = Field(100, ge=0)  # 0: no gradient steps (a stage that only fits its connector)
     batch_size: int = Field(16, gt=0)
     lr: float = Field(5e-4, gt=0)
@@ -30,21 +48,15 @@ class TrainSettings(_Strict):
     grad_clip: float = 1.0
     grad_accum: int = Field(1, gt=0)
     log_every: int = Field(10, gt=0)
-    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd: warmup, stable, linear decay to 0
+    schedule: Literal[SCHEDULES] = "cosine"  # type: ignore[valid-type]  # wsd: warmup, stable, decay
     decay_fraction: float = Field(0.2, gt=0, le=1)  # wsd: share of the steps spent decaying
+    # monitoring: what the loop records, not what it learns (left out of cache keys)
     checkpoint_every: int = Field(0, ge=0)  # accelerate save_state every N steps; 0 = off
+    keep_checkpoints: int = Field(2, gt=0)  # the newest N checkpoints are kept
     eval_every: int = Field(0, ge=0)  # val loss + a small generative val eval every N steps; 0 = off
 
-    @model_serializer(mode="wrap")
-    def _omit_default_schedule(self, handler: Any) -> Any:
-        # settings that leave these at their defaults dump (and fingerprint) as before they existed
-        data = handler(self)
-        if isinstance(data, dict):
-            for key, default in (("schedule", "cosine"), ("decay_fraction", 0.2),
-                                 ("checkpoint_every", 0), ("eval_every", 0)):
-                if data.get(key) == default:
-                    data.pop(key)
-        return data
+
+MONITORING = ("checkpoint_every", "keep_checkpoints", "eval_every")
 
 
 class VisionBackbone(_Strict):
@@ -79,51 +91,7 @@ class Backbones(_Strict):
         return self
 
 
-class ModelSpec(_Strict):
-    """Backbones by hub id, local directory, or `registered:<name>` (built by the backbones stage)."""
-
-    architecture: Literal["idefics3", "llava", "idefics2", "idefics"] = "idefics3"
-    # hub id / directory / registered:<name>, or "inline": a tower built from `vision_inline`
-    vision: str = "registered:vision-tiny"
-    # with vision: inline, a tower config (SigLIP; CLIP with model_type: clip_vision_model)
-    vision_inline: dict[str, Any] | None = None
-    text: str = "registered:lm-tiny"
-    scale_factor: int = Field(2, gt=0)  # idefics3: pixel-shuffle factor
-    # idefics3: "pool" starts the projection as a mean over the merged patches (pool_init)
-    connector_init: Literal["random", "pool"] = "random"
-    resampler_latents: int = Field(16, gt=0)  # idefics2 / idefics: perceiver latents per image
-    resampler_depth: int = Field(2, gt=0)
-    resampler_heads: int = Field(4, gt=0)
-    resampler_head_dim: int | None = Field(None, gt=0)  # None: the width / resampler_heads
-    cross_layer_interval: int = Field(1, gt=0)  # idefics: a gated cross-attention layer every N
-    # llava only: a second vision tower fused per patch (SPHINX), e.g. facebook/dinov2-small
-    fusion_vision: str | None = None
-    max_length: int = Field(256, gt=0)
-    # training images whose tower outputs standardise the image features (0: off)
-    standardize_features: int = Field(0, ge=0)
-
-    @model_serializer(mode="wrap")
-    def _omit_default_architecture_options(self, handler: Any) -> Any:
-        # recipes that leave these at their defaults dump (and fingerprint) as before they existed
-        data = handler(self)
-        if isinstance(data, dict):
-            for key, default in (("connector_init", "random"), ("resampler_latents", 16), ("resampler_depth", 2),
-                                 ("resampler_heads", 4), ("cross_layer_interval", 1),
-                                 ("fusion_vision", None), ("vision_inline", None),
-                                 ("resampler_head_dim", None)):
-                if data.get(key) == default:
-                    data.pop(key)
-        return data
-
-    @model_validator(mode="after")
-    def _inline_vision(self) -> ModelSpec:
-        if (self.vision == "inline") != (self.vision_inline is not None):
-            raise ValueError("model.vision: inline goes with model.vision_inline (a tower config)")
-        return self
-
-
-Unfreeze = dict[str, Literal["frozen", "lora", "full"]]
-KINDS = ("pretrain", "sft", "align")
+Unfreeze = dict[str, Literal[UNFREEZE_MODES]]  # type: ignore[valid-type]
 
 
 class GroundConnector(_Strict):
@@ -137,43 +105,18 @@ class GroundConnector(_Strict):
     longest_edge: int | None = Field(None, gt=0)
 
 
-_LATER_FIELDS = {"mixture": None, "lora_rank": 8, "split_turns": False, "ground_connector": None,
-                 "question_types": None, "loss_average": "token", "rejected_from": "data"}
-
-
-class Stage(_Strict):
-    """One training stage: what it trains, on which data, at which resolution."""
+class StageBase(_Strict):
+    """What every training stage has: what it trains, on which data, at which resolution."""
 
     name: str
-    kind: Literal["pretrain", "sft", "align"]
     longest_edge: int = Field(gt=0)
     sources: list[str]
     unfreeze: Unfreeze
     lora_rank: int = Field(8, gt=0)  # rank of the adapters of `lora` groups (alpha = 2 x rank)
     train: TrainSettings = TrainSettings()
-    beta: float = 0.1
-    # align: DPO (sigmoid), IPO, length-normalised DPO, or DPO + `sft_weight` x NLL on chosen
-    loss: Literal["sigmoid", "ipo", "sigmoid_norm", "sigmoid_sft"] = "sigmoid"
-    sft_weight: float = Field(1.0, ge=0)
-    # align: the data's rejected captions, or the SFT model's own hallucinated captions with
-    # their minimal corrections as chosen (RLHF-V style, corrected_pairs.py)
-    rejected_from: Literal["data", "model"] = "data"
-    # share of text-only samples (source `text`); None = the sources' natural mixture
-    text_ratio: float | None = Field(None, ge=0, le=1)
-    packing: bool = False  # pretrain/sft: several conversations per row, attention kept within each
-    # pretrain/sft: each turn of a conversation becomes its own sample (with the images), so no
-    # answer can be copied from an earlier turn
-    split_turns: bool = False
-    # with split_turns: train only on turns of these question types (the records' `qtypes`),
-    # e.g. a curriculum stage on colour and existence before the full mixture
-    question_types: list[str] | None = None
-    # pretrain/sft: average the loss over all labelled tokens of a batch, or per sample first
-    # (then a long caption weighs as much as a one-word answer)
-    loss_average: Literal["token", "sample"] = "token"
     # source -> sampling weight (the loader draws by weight); replaces `sources`, which then
-    # lists its keys. None = `sources` in their natural mixture (or at `text_ratio`)
+    # lists its keys. None = `sources` in their natural mixture
     mixture: dict[str, float] | None = None
-    ground_connector: GroundConnector | None = None  # pretrain: fit the connector first
 
     @model_validator(mode="before")
     @classmethod
@@ -182,64 +125,109 @@ class Stage(_Strict):
             data = {**data, "sources": list(data["mixture"])}
         return data
 
-    @model_serializer(mode="wrap")
-    def _omit_defaults_of_later_fields(self, handler: Any) -> Any:
-        # fields added after the first recipes dump (and fingerprint) nothing at their
-        # defaults, so stage cache keys stay what they were before each field existed
-        data = handler(self)
-        if isinstance(data, dict):
-            for name, default in _LATER_FIELDS.items():
-                if getattr(self, name) == default:
-                    data.pop(name, None)
-        return data
-
     @model_validator(mode="after")
-    def _valid_mixture(self) -> Stage:
-        if self.mixture is None:
-            return self
-        if not self.mixture:
-            raise ValueError(f"stage {self.name!r}: mixture is empty")
-        bad = {s: w for s, w in self.mixture.items() if not w > 0}
-        if bad:
-            raise ValueError(f"stage {self.name!r}: mixture weights must be > 0, got {bad}")
-        if sorted(self.sources) != sorted(self.mixture):
-            raise ValueError(f"stage {self.name!r}: mixture replaces sources; sources "
-                             f"{self.sources} differ from the mixture's {list(self.mixture)}")
-        if self.text_ratio is not None:
-            raise ValueError(f"stage {self.name!r}: give the text share as the mixture weight "
-                             "of 'text', not text_ratio")
-        return self
-
-    @model_validator(mode="after")
-    def _known_sources(self) -> Stage:
+    def _valid_sources(self) -> StageBase:
         bad = [s for s in self.sources if s not in SOURCES]
         if bad:
             raise ValueError(f"stage {self.name!r}: unknown sources {bad}; known: {list(SOURCES)}")
-        if self.kind == "align" and self.sources != ["preference"]:
-            raise ValueError(f"stage {self.name!r}: align trains on ['preference'] only")
+        if self.mixture is not None:
+            if not self.mixture:
+                raise ValueError(f"stage {self.name!r}: mixture is empty")
+            bad_weights = {s: w for s, w in self.mixture.items() if not w > 0}
+            if bad_weights:
+                raise ValueError(f"stage {self.name!r}: mixture weights must be > 0, got {bad_weights}")
+            if sorted(self.sources) != sorted(self.mixture):
+                raise ValueError(f"stage {self.name!r}: mixture replaces sources; sources "
+                                 f"{self.sources} differ from the mixture's {list(self.mixture)}")
+        if self.train.steps == 0 and not self._fits_without_steps():
+            raise ValueError(f"stage {self.name!r}: train.steps is 0; only a pretrain stage with "
+                             "ground_connector may take no gradient steps")
+        return self
+
+    def _fits_without_steps(self) -> bool:
+        return False
+
+
+class SupervisedStage(StageBase):
+    """Pretrain and SFT: next-token loss on the assistant turns of chat samples."""
+
+    # share of text-only samples (a text-only source); None = the sources' natural mixture
+    text_ratio: float | None = Field(None, ge=0, le=1)
+    packing: bool = False  # several conversations per row, attention kept within each
+    # each turn of a conversation becomes its own sample (with the images), so no answer can
+    # be copied from an earlier turn
+    split_turns: bool = False
+    # with split_turns: train only on turns of these question types (the records' `qtypes`),
+    # e.g. a curriculum stage on colour and existence before the full mixture
+    question_types: list[str] | None = None
+    # average the loss over all labelled tokens of a batch, or per sample first (then a long
+    # caption weighs as much as a one-word answer)
+    loss_average: Literal[LOSS_AVERAGES] = "token"  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _supervised_rules(self) -> SupervisedStage:
         if self.text_ratio is not None:
-            if self.kind == "align":
-                raise ValueError(f"stage {self.name!r}: text_ratio does not apply to align stages")
+            if self.mixture is not None:
+                raise ValueError(f"stage {self.name!r}: give the text share as the mixture weight "
+                                 "of 'text', not text_ratio")
             text_only = [s for s in self.sources if s in TEXT_ONLY_SOURCES]
             if not text_only or len(text_only) == len(self.sources):
                 raise ValueError(f"stage {self.name!r}: text_ratio needs a text-only source "
                                  f"{list(TEXT_ONLY_SOURCES)} and an image source in sources")
-        if self.rejected_from == "model" and self.kind != "align":
-            raise ValueError(f"stage {self.name!r}: rejected_from applies to align stages only")
-        if self.packing and self.kind == "align":
-            raise ValueError(f"stage {self.name!r}: packing applies to pretrain/sft stages only")
-        if self.ground_connector is not None and self.kind != "pretrain":
-            raise ValueError(f"stage {self.name!r}: ground_connector applies to pretrain stages only")
-        if self.loss_average == "sample" and (self.packing or self.kind == "align"):
-            raise ValueError(f"stage {self.name!r}: loss_average: sample applies to unpacked "
-                             "pretrain/sft stages")
+        if self.loss_average == "sample" and self.packing:
+            raise ValueError(f"stage {self.name!r}: loss_average: sample applies to unpacked stages")
         if self.question_types is not None and (not self.split_turns or not self.question_types):
             raise ValueError(f"stage {self.name!r}: question_types selects turns: it needs "
                              "split_turns: true and at least one type")
-        if self.train.steps == 0 and self.ground_connector is None:
-            raise ValueError(f"stage {self.name!r}: train.steps is 0; only a stage with "
-                             "ground_connector may take no gradient steps")
         return self
+
+
+class PretrainStage(SupervisedStage):
+    """Aligns the backbones: captions and short answers, rising resolution, unfreezing."""
+
+    kind: Literal["pretrain"]
+    ground_connector: GroundConnector | None = None  # fit the connector first
+
+    def _fits_without_steps(self) -> bool:
+        return self.ground_connector is not None
+
+
+class SftStage(SupervisedStage):
+    """Supervised fine-tuning on multi-turn conversations, text-only instructions mixed in."""
+
+    kind: Literal["sft"]
+
+
+class AlignStage(StageBase):
+    """Preference tuning (DPO family) against a frozen copy of the parent model."""
+
+    kind: Literal["align"]
+    beta: float = 0.1
+    # DPO (sigmoid), IPO, length-normalised DPO, or DPO + `sft_weight` x NLL on chosen
+    loss: Literal[PREFERENCE_LOSSES] = "sigmoid"  # type: ignore[valid-type]
+    sft_weight: float = Field(1.0, ge=0)
+    # the data's rejected captions, or the SFT model's own hallucinated captions with their
+    # minimal corrections as chosen (RLHF-V style, corrected_pairs.py)
+    rejected_from: Literal[REJECTED_FROM] = "data"  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _preference_sources(self) -> AlignStage:
+        if self.sources != ["preference"]:
+            raise ValueError(f"stage {self.name!r}: align trains on ['preference'] only")
+        return self
+
+
+Stage = Annotated[PretrainStage | SftStage | AlignStage, Field(discriminator="kind")]
+STAGE_CLASSES: dict[str, type[StageBase]] = {"pretrain": PretrainStage, "sft": SftStage,
+                                             "align": AlignStage}
+if tuple(STAGE_CLASSES) != STAGE_KINDS:
+    raise RuntimeError(f"stage classes {list(STAGE_CLASSES)} != STAGE_KINDS {list(STAGE_KINDS)}")
+_STAGE = TypeAdapter(Stage)
+
+
+def parse_stage(data: Any) -> StageBase:
+    """One stage from its recipe section (a dict), as the class of its ``kind``."""
+    return _STAGE.validate_python(data)
 
 
 class Evaluation(_Strict):
@@ -251,6 +239,14 @@ class Evaluation(_Strict):
     samples_to_log: int = 16
     suites: dict[str, dict[str, Any]] = Field(default_factory=dict)  # named extra benchmark suites
 
+    @model_validator(mode="after")
+    def _valid_suites(self) -> Evaluation:
+        if self.suites:
+            from components.evaluation.suites import parse_suites
+
+            parse_suites(self.suites, "evaluate.suites", Path.cwd())
+        return self
+
 
 class Recipe(_Strict):
     name: str
@@ -258,26 +254,36 @@ class Recipe(_Strict):
     seed: int = 0
     data: DataParams = DataParams()
     backbones: Backbones | None = Backbones()
-    model: ModelSpec = ModelSpec()
+    model: ModelSpec = Field(default_factory=ModelSpec)
     stages: list[Stage]
     evaluate: Evaluation = Evaluation()
 
     @model_validator(mode="after")
-    def _unique_stage_names(self) -> Recipe:
+    def _stage_order(self) -> Recipe:
         names = [s.name for s in self.stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique: {names}")
-        order = [KINDS.index(s.kind) for s in self.stages]
+        order = [STAGE_KINDS.index(s.kind) for s in self.stages]
         if order != sorted(order):
-            raise ValueError(f"stages must run pretrain -> sft -> align, got {[s.kind for s in self.stages]}")
+            raise ValueError(f"stages must run {' -> '.join(STAGE_KINDS)}, got {[s.kind for s in self.stages]}")
         if self.data.image_size < max((s.longest_edge for s in self.stages), default=0):
             raise ValueError("a stage's longest_edge exceeds the generated image size")
         return self
 
-    def stages_of(self, kind: str) -> list[Stage]:
+    @model_validator(mode="after")
+    def _architecture_features(self) -> Recipe:
+        arch = architecture_spec(self.model.architecture)
+        for stage in self.stages:
+            if getattr(stage, "packing", False) and not arch.supports.packing:
+                raise ValueError(f"stage {stage.name!r}: packing is not supported by architecture "
+                                 f"{arch.name!r} (rule: packing needs an architecture whose "
+                                 "spec supports it)")
+        return self
+
+    def stages_of(self, kind: str) -> list[StageBase]:
         return [s for s in self.stages if s.kind == kind]
 
-    def previous_stage(self, stage: Stage) -> Stage | None:
+    def previous_stage(self, stage: StageBase) -> StageBase | None:
         i = self.stages.index(stage)
         return self.stages[i - 1] if i else None
 
@@ -288,10 +294,62 @@ def load_recipe(path: str | Path) -> Recipe:
     return Recipe.model_validate(raw)
 
 
+# ---- cache keys ---------------------------------------------------------------------------
+# A key covers what a result depends on, and nothing else. The views below are the only place
+# that knows the keys' history: fields added after the first recipes are left out at their
+# defaults, and stage options are keyed as the first (flat) stage schema wrote them, so no
+# cached version is retrained because the schema grew. tests/test_recipe_keys.py pins them.
+
+_FIRST_STAGE_OPTIONS = {"beta": 0.1, "loss": "sigmoid", "sft_weight": 1.0, "text_ratio": None,
+                        "packing": False}
+_LATER_STAGE_OPTIONS = {"mixture": None, "lora_rank": 8, "split_turns": False,
+                        "ground_connector": None, "question_types": None, "loss_average": "token",
+                        "rejected_from": "data"}
+_LATER_TRAIN = {"schedule": "cosine", "decay_fraction": 0.2}
+_LATER_MODEL = {"connector_init": "random", "resampler_latents": 16, "resampler_depth": 2,
+                "resampler_heads": 4, "cross_layer_interval": 1, "fusion_vision": None,
+                "vision_inline": None, "resampler_head_dim": None}
+
+
+def _without_defaults(data: dict, defaults: dict) -> dict:
+    return {k: v for k, v in data.items() if k not in defaults or v != defaults[k]}
+
+
+def _train_view(train: TrainSettings) -> dict:
+    return _without_defaults(train.model_dump(mode="json", exclude=set(MONITORING)), _LATER_TRAIN)
+
+
+def _stage_view(stage: StageBase) -> dict:
+    data = {**_FIRST_STAGE_OPTIONS, **stage.model_dump(mode="json"), "train": _train_view(stage.train)}
+    return _without_defaults(data, _LATER_STAGE_OPTIONS)
+
+
+def _model_view(model: ModelSpec) -> dict:
+    return _without_defaults(model.model_dump(mode="json"), _LATER_MODEL)
+
+
 def fingerprint(*parts: Any) -> str:
-    """Stable short hash of JSON-able parts (pydantic models included): a cache key."""
+    """Stable short hash of JSON-able parts (pydantic models included)."""
     def plain(p: Any) -> Any:
         return p.model_dump(mode="json") if isinstance(p, BaseModel) else p
 
     blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stage_cache_key(recipe: Recipe, stage: StageBase, parent: str, data_version: str) -> str:
+    """What a stage's result depends on: its section (monitoring settings left out), the model
+    section, its parent version, the data version and the seed. Rank 0 and every follower
+    rank of a launched stage use this one function."""
+    return fingerprint(_stage_view(stage), _model_view(recipe.model), parent, data_version, recipe.seed)
+
+
+def backbone_cache_key(recipe: Recipe, backbone: VisionBackbone | TextBackbone, data_version: str) -> str:
+    """What a trained backbone depends on: its section, the data version and the seed."""
+    section = {**backbone.model_dump(mode="json"), "train": _train_view(backbone.train)}
+    return fingerprint(section, data_version, recipe.seed)
+
+
+def evaluation_cache_key(recipe: Recipe, data_version: str) -> str:
+    """What the default suite's scores of a version depend on (besides the version itself)."""
+    return fingerprint(recipe.evaluate, data_version)

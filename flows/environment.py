@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # where dvc.yaml, configs/ and infra/ live
+
 OFFLINE_DEFAULTS = {
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -40,4 +42,14 @@ def configure_environment() -> Path:
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    return home
+
+
+def configure_stores() -> Path:
+    """The offline defaults, then the tracking store under the home (`registry.configure`);
+    what every command and scheduled flow does first. Returns the home directory."""
+    home = configure_environment()
+    import registry
+
+    registry.configure(home)
     return home

@@ -6,17 +6,14 @@ from __future__ import annotations
 import re
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw
 
 import registry
+from components.data.version import DataVersion
 from components.recipe import Recipe
+from flows.environment import PROJECT_ROOT
 
-if TYPE_CHECKING:
-    from flows.data import DataVersion
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"  # where `vlmforge ui` serves the embedded store
 
 

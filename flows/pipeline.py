@@ -9,14 +9,15 @@ from dataclasses import dataclass
 from prefect import flow
 
 import registry
-from components.recipe import Recipe
-from flows.backbones import BackboneOutcome, backbones_flow
-from flows.data import DataVersion, data_flow
-from flows.evaluate import EvalOutcome, evaluate_flow
+from components.data.version import DataVersion
+from components.recipe import STAGE_KINDS, Recipe
 from flows.lineage import git_sha, markdown_table, publish_markdown, publish_model_card, run_link
-from flows.stage_comparison import COLUMNS
+from flows.stages.backbones import BackboneOutcome, backbones_flow
+from flows.stages.compare import COLUMNS, StageComparison, compare_stages
+from flows.stages.data import data_flow
+from flows.stages.evaluate import EvalOutcome, evaluate_flow
+from flows.stages.training import STAGE_FLOWS, StageOutcome
 from flows.summary import KEY_METRICS, SHORT, Row, render
-from flows.training import STAGE_FLOWS, StageOutcome
 
 
 @dataclass
@@ -25,6 +26,7 @@ class PipelineResult:
     backbones: list[BackboneOutcome]
     stages: list[StageOutcome]
     evaluation: EvalOutcome
+    comparison: StageComparison
     run_id: str
     seconds: float
 
@@ -41,8 +43,7 @@ class PipelineResult:
     def summary(self, model_name: str) -> str:
         ev = self.evaluation
         return render(self.rows(model_name), ev.metrics, ev.champion, model_name, ev.reason,
-                      self.data.version, self.seconds,
-                      ev.comparison.render() if ev.comparison is not None else "")
+                      self.data.version, self.seconds, self.comparison.render())
 
     def markdown(self, model_name: str) -> str:
         """The summary as markdown, with links to the MLflow runs (a Prefect artifact)."""
@@ -60,9 +61,8 @@ class PipelineResult:
                            stages),
             "## Benchmark scores (held-out test split)",
             markdown_table(["metric", "score"], scores) if scores else "_none_",
-            *(["## Every stage on the held-out test split",
-               markdown_table(["stage", "version", *COLUMNS.values()], ev.comparison.table())]
-              if ev.comparison is not None else []),
+            "## Every stage on the held-out test split",
+            markdown_table(["stage", "version", *COLUMNS.values()], self.comparison.table()),
             f"**registry:** `models:/{model_name}@champion` -> version {ev.champion} "
             f"({ev.reason})",
         ]) + "\n"
@@ -78,18 +78,19 @@ def pipeline(recipe: Recipe, force: bool = False) -> PipelineResult:
         data = data_flow(recipe, parent_run_id=run_id)
         backbones = backbones_flow(recipe, data, parent_run_id=run_id, force=force)
         stages: list[StageOutcome] = []
-        for kind in ("pretrain", "sft", "align"):
+        for kind in STAGE_KINDS:
             stages += STAGE_FLOWS[kind](recipe, data, backbones, parent_run_id=run_id, force=force,
                                         previous_version=stages[-1].version if stages else None)
-        evaluation = evaluate_flow(recipe, stages[-1].version, data, parent_run_id=run_id, force=force,
-                                   stage_versions={s.stage: s.version for s in stages})
+        evaluation = evaluate_flow(recipe, stages[-1].version, data, parent_run_id=run_id, force=force)
+        comparison = compare_stages(recipe, {s.stage: s.version for s in stages}, data, run_id, force,
+                                    scored={evaluation.version: evaluation.metrics})
         registry.log_metrics({f"final_{k}": v for k, v in evaluation.metrics.items()})
-        if evaluation.comparison is not None:
-            registry.log_metrics(evaluation.comparison.checks)
+        registry.log_metrics(comparison.checks)
         registry.set_tags({"final_version": stages[-1].version, "champion": evaluation.champion})
     if not evaluation.cached:  # the evaluated version's card gains its scores
         publish_model_card(recipe, evaluation.version)
-    result = PipelineResult(data, backbones, stages, evaluation, run_id, time.perf_counter() - start)
+    result = PipelineResult(data, backbones, stages, evaluation, comparison, run_id,
+                            time.perf_counter() - start)
     publish_markdown(f"pipeline-{recipe.name}", result.markdown(recipe.registered_model),
                      f"pipeline summary of {recipe.name}")
     return result

@@ -10,61 +10,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.data import (
-    charts,
-    counting,
-    documents,
-    geometry,
-    instructions,
-    interleaved,
-    ocr,
-    ocr_wild,
-    preference,
-    preference_hallucination,
-    scenes,
-    scenes_alt,
-    scenes_relations,
-    spot_difference,
-    tables,
-    text_tasks,
-)
-from components.data.fonts import available_fonts
 from components.data.manifest import manifest_row, write_manifest
-from components.data.params import SOURCES, DataParams
+from components.data.params import DataParams
 from components.data.sample import Sample
-from components.data.shards import write_shard
+from components.data.shards import shard_name, write_shard
+from components.data.synthetic import generator
+from components.data.synthetic.fonts import available_fonts
 from components.progress import progress
-
-Generator = Callable[[int, int, str, int], Sample]
-
-GENERATORS: dict[str, Generator] = {
-    "scenes_caption": scenes.generate_caption,
-    "scenes_vqa": scenes.generate_vqa,
-    "ocr": ocr.generate,
-    "text": text_tasks.generate,
-    "preference": preference.generate,
-    "scenes_alt_caption": scenes_alt.generate,
-    "scenes_relations": scenes_relations.generate,
-    "ocr_wild": ocr_wild.generate,
-    "documents": documents.generate,
-    "charts": charts.generate,
-    "tables": tables.generate,
-    "counting": counting.generate,
-    "geometry": geometry.generate,
-    "spot_difference": spot_difference.generate,
-    "interleaved": interleaved.generate,
-    "instructions": instructions.generate,
-    "preference_hallucination": preference_hallucination.generate,
-}
-if tuple(GENERATORS) != SOURCES:
-    raise RuntimeError(f"generator registry {list(GENERATORS)} != params.SOURCES {list(SOURCES)}")
 
 
 def generate_sample(source: str, seed: int, split: str, index: int, image_size: int = 64) -> Sample:
     """One sample, a pure function of (source, seed, split, index, image_size)."""
-    if source not in GENERATORS:
-        raise ValueError(f"unknown source {source!r}; expected one of {list(GENERATORS)}")
-    return GENERATORS[source](seed, index, split, image_size)
+    return generator(source)(seed, index, split, image_size)
 
 
 def generate_samples(
@@ -89,7 +46,7 @@ class ShardJob:
 
     @property
     def filename(self) -> str:
-        return f"{self.source}-{self.shard:04d}.tar"
+        return shard_name(self.source, self.shard)
 
 
 def shard_plan(params: DataParams, split: str) -> list[ShardJob]:
@@ -129,18 +86,18 @@ WARM_UP_IMPORTS: dict[str, tuple[str, ...]] = {
 
 
 def _warm_up(sources: set[str] | None = None) -> None:
-    """Import the tar writer (and what planned sources need) and scan fonts once, before
-    forking, so workers inherit them."""
+    """Import what planned sources need and scan fonts once, before forking, so workers
+    inherit them."""
     import importlib
-
-    import webdataset  # noqa: F401
 
     available_fonts()
     for source in sorted(sources or ()):
         for module in WARM_UP_IMPORTS.get(source, ()):
             importlib.import_module(module)
     if "ocr_wild" in (sources or ()):
-        ocr_wild.warm_up()
+        from components.data.synthetic.ocr_wild import warm_up
+
+        warm_up()
 
 
 # builds shard jobs into their manifest rows, in job order

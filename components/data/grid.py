@@ -6,8 +6,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from components.data.drawing import ui_font, wrap
 from components.data.sample import Sample, message_text
+from components.data.synthetic.drawing import ui_font, wrap
 
 CELL_W, THUMB_H, TEXT_LINES, PAD = 320, 150, 7, 8
 

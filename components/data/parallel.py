@@ -31,17 +31,11 @@ def local_cluster(n_workers: int = 2, processes: bool = True) -> Iterator[Any]:
         yield client
 
 
-def _build(job: ShardJob, out_dir: str) -> list[dict[str, Any]]:
-    import webdataset  # noqa: F401  (the tar writer, imported once per worker)
-
-    return build_shard(job, out_dir)
-
-
 def dask_runner(client: Any):
     """A `corpus.JobRunner` with one Dask task per shard; results gathered in job order."""
 
     def run(jobs: list[ShardJob], out_dir: Path) -> list[list[dict[str, Any]]]:
-        futures = client.map(_build, jobs, [str(out_dir)] * len(jobs), pure=False,
+        futures = client.map(build_shard, jobs, [str(out_dir)] * len(jobs), pure=False,
                              key=[f"shard-{j.split}-{j.filename}" for j in jobs])
         return client.gather(futures)
 

@@ -8,31 +8,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# source -> task name of its records (the first five make the default tiny corpus)
-SOURCE_TASK: dict[str, str] = {
-    "scenes_caption": "caption",
-    "scenes_vqa": "vqa",
-    "ocr": "ocr",
-    "text": "text",
-    "preference": "preference",
-    "scenes_alt_caption": "caption",
-    "scenes_relations": "vqa",
-    "ocr_wild": "ocr",
-    "documents": "document",
-    "charts": "chart",
-    "tables": "table",
-    "counting": "counting",
-    "geometry": "geometry",
-    "spot_difference": "spot_difference",
-    "interleaved": "interleaved",
-    "instructions": "text",
-    "preference_hallucination": "preference",
-}
-SOURCES: tuple[str, ...] = tuple(SOURCE_TASK)
-TEXT_ONLY_SOURCES: tuple[str, ...] = ("text", "instructions")
+from components.data.synthetic import EXTRA_SOURCES, SOURCES
+
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-# sources outside the default corpus: count 0 unless a params file asks for them
-EXTRA_SOURCES: tuple[str, ...] = SOURCES[5:]
 
 DEFAULT_SPLITS: dict[str, dict[str, int]] = {
     "train": {

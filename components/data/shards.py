@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,19 +50,43 @@ def wds_to_sample(entry: dict[str, Any]) -> Sample:
 
 
 def write_shard(samples: Iterable[Sample], path: str | Path) -> int:
-    """Write samples to one tar (fixed mtime, owner and mode: byte-reproducible); returns the count."""
-    from webdataset import TarWriter
+    """Write samples to one tar (fixed mtime, owner and mode: byte-reproducible); returns the count.
 
+    The members are exactly what webdataset's `TarWriter(encoder=False, mtime=0)` writes (a
+    test compares the bytes), written with the standard library: importing webdataset
+    imports torch, seconds of start-up in every data-stage process."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with open(tmp, "wb") as f, TarWriter(f, encoder=False, mtime=TAR_MTIME, compress=False) as sink:
+    with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w|") as tar:
         for sample in samples:
-            sink.write(sample_to_wds(sample))
+            entry = sample_to_wds(sample)
+            key = entry.pop("__key__")
+            for name in sorted(entry):
+                info = tarfile.TarInfo(f"{key}.{name}")
+                info.size, info.mtime, info.mode = len(entry[name]), TAR_MTIME, 0o444
+                info.uname = info.gname = "bigdata"
+                tar.addfile(info, io.BytesIO(entry[name]))
             n += 1
     os.replace(tmp, path)
     return n
+
+
+def shard_name(source: str, index: int) -> str:
+    """The file name of a source's ``index``-th shard in a split folder."""
+    return f"{source}-{index:04d}.tar"
+
+
+def shard_paths(shards_dir: Path, split: str, sources: list[str]) -> list[Path]:
+    """The shards of `split` written for `sources`; an error if a source has none."""
+    paths = []
+    for source in sources:
+        found = sorted((Path(shards_dir) / split).glob(f"{source}-*.tar"))
+        if not found:
+            raise FileNotFoundError(f"no {split} shards for source {source!r} in {shards_dir}")
+        paths.extend(found)
+    return paths
 
 
 def split_shards(shard_dir: str | Path, split: str) -> list[Path]:
@@ -88,3 +113,14 @@ def read_records(shard_paths: Iterable[str | Path]) -> Iterator[tuple[str, dict[
     """Stream (key, record) pairs without decoding images."""
     for entry in _dataset(shard_paths):
         yield entry["__key__"], json.loads(entry["json"])
+
+
+def sample_images(shards_dir: str | Path, sources: list[str], n: int, split: str = "train") -> list:
+    """Up to ``n`` images of ``split``, spread evenly over ``sources`` (first images of each)."""
+    from itertools import islice
+
+    images = []
+    for source in sources:
+        samples = read_samples(shard_paths(Path(shards_dir), split, [source]))
+        images += [s.images[0] for s in islice(samples, n // len(sources)) if s.images]
+    return images

@@ -47,9 +47,9 @@ TEXT_ONLY_TASKS: tuple[str, ...] = ("text",)  # the task of every TEXT_ONLY_SOUR
 
 def synthetic_source_tasks() -> dict[str, tuple[str, ...]]:
     """Source -> task names of the synthetic generators, from their registry
-    (``components.data.params.SOURCE_TASK``, which the generator tests hold to the records),
+    (``components.data.synthetic.FAMILIES``, which the generator tests hold to the records),
     so a family registered there is known here without a second list to update."""
-    from components.data.params import SOURCE_TASK
+    from components.data.synthetic import SOURCE_TASK
 
     return {source: (task,) for source, task in SOURCE_TASK.items()}
 

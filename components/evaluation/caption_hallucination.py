@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from components.data.scene import COLOURS, SHAPES
+from components.data.synthetic.scene import COLOURS, SHAPES
 
 _SHAPE = "|".join(SHAPES)
 _MENTION = re.compile(rf"\b(?:({'|'.join(COLOURS)})\s+)?({_SHAPE})s?\b")

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import torch
 from PIL import Image
 
+from components.model.chat import ChatEncoder, collate
 from components.progress import progress
-from components.training.batching import ChatEncoder, collate
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from components.evaluation.official_formats import MCQItem, letter
-from components.training.batching import ChatEncoder, collate
+from components.model.chat import ChatEncoder, collate
 
 __all__ = ["INSTRUCTION", "LetterScores", "choose_options", "letter_token_ids", "mcq_messages"]
 

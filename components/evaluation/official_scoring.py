@@ -4,12 +4,14 @@
 * :func:`score_caption`: ``COCOEvalCap`` metrics over the images that have a result (as
   ``COCOEvalCap`` does), with the PTB tokenizer when Java is present.
 * :func:`score_mcq`: accuracy of option letters (free text is read with :func:`parse_choice`).
+* :func:`score_files`: any of them from the files (`vlmforge score` and the official suites).
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from components.evaluation.caption_metrics import caption_scores
@@ -25,7 +27,8 @@ from components.evaluation.official_formats import (
 )
 from components.evaluation.vqa_metrics import evaluate_vqa
 
-__all__ = ["CAPTION_METRICS", "MissingJavaError", "score_caption", "score_mcq", "score_vqa"]
+__all__ = ["CAPTION_METRICS", "MissingJavaError", "score_caption", "score_files", "score_mcq",
+           "score_vqa"]
 
 CAPTION_METRICS = ("BLEU", "METEOR", "ROUGE_L", "CIDEr")
 _NEEDS_JAVA = {"METEOR", "SPICE"}
@@ -144,3 +147,24 @@ def score_mcq(
         per_item[item.id] = {"prediction": choice, "answer": item.answer_letter, "correct": ok}
     return {"accuracy": 100 * correct / len(items), "correct": correct, "total": len(items),
             "unparsed": unparsed, "perItem": per_item}
+
+
+SCORED_KINDS = ("vqa", "caption", "mcq")
+
+
+def score_files(kind: str, results: str | Path, *, annotations: str | Path | None = None,
+                questions: str | Path | None = None, items: str | Path | None = None,
+                metrics: Sequence[str] = CAPTION_METRICS) -> dict[str, Any]:
+    """Score an official results file of ``kind`` from its files: what `vlmforge score` prints
+    and what every official suite records, so both give the same numbers."""
+    from components.evaluation import official_formats as f
+
+    if kind == "vqa":
+        return score_vqa(f.load_vqa_results(results), f.load_vqa_annotations(annotations),
+                         f.load_vqa_questions(questions) if questions else None)
+    if kind == "caption":
+        return score_caption(f.load_caption_results(results), f.load_caption_annotations(annotations),
+                             list(metrics))
+    if kind == "mcq":
+        return score_mcq(f.load_mcq_results(results), f.load_mcq_items(items))
+    raise ValueError(f"unknown result kind {kind!r}; expected one of {list(SCORED_KINDS)}")

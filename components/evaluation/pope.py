@@ -24,11 +24,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from components.data.sample import Sample
-from components.data.scene import COLOURS, QUADRANTS, SHAPES, indefinite
+from components.data.synthetic.scene import COLOURS, QUADRANTS, SHAPES, indefinite
 from components.evaluation.generate import generate_answers
+from components.evaluation.suites import POPE_SAMPLERS, POPE_TEMPLATE
 from components.evaluation.synthetic_suite import SuiteResult
 from components.evaluation.yes_no import is_yes, yes_no_metrics
-from components.training.batching import ChatEncoder
+from components.model.chat import ChatEncoder
 
 __all__ = [
     "SAMPLERS",
@@ -42,8 +43,8 @@ __all__ = [
     "select_images",
 ]
 
-SAMPLERS: tuple[str, ...] = ("random", "popular", "adversarial")
-TEMPLATE = "Is there {object} in the image?"
+SAMPLERS = POPE_SAMPLERS
+TEMPLATE = POPE_TEMPLATE
 ALL_OBJECTS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOURS for s in SHAPES)
 
 Obj = tuple[str, str]  # (colour, shape)

@@ -13,7 +13,7 @@ from components.evaluation.caption_metrics import caption_scores
 from components.evaluation.exact_match import exact_match
 from components.evaluation.generate import generate_answers
 from components.evaluation.yes_no import is_yes, yes_no_metrics
-from components.training.batching import ChatEncoder
+from components.model.chat import ChatEncoder
 
 
 @dataclass

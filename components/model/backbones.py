@@ -6,9 +6,13 @@ A backbone spec is one of: a hub id or local directory (loaded with the standard
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from PIL import Image
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -125,3 +129,9 @@ def meta_backbone(path: str | Path) -> PreTrainedModel:
         config = config.vision_config
     with torch.device("meta"):
         return cls(config)
+
+
+def images_to_tensor(images: Sequence[Image.Image], size: int) -> torch.Tensor:
+    """Resize to `size` x `size` and normalise to [-1, 1] (the VLM processor's mean/std of 0.5)."""
+    arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC)) for im in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)

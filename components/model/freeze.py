@@ -1,12 +1,7 @@
 """Parameter groups of a VLM and the per-stage unfreezing schedule: frozen | lora | full.
 
-Groups by architecture (parameter-name prefixes of the stock transformers classes):
-
-| architecture | vision | connector | cross_attn | text |
-|---|---|---|---|---|
-| idefics3 / idefics2 | vision_model | connector (pixel shuffle or MLP + perceiver) | - | text_model, lm_head |
-| llava | vision_tower | multi_modal_projector | - | language_model, lm_head |
-| idefics (Flamingo) | vision_model | perceiver_resampler | gated_cross_attn_layers | decoder, lm_head |
+Each architecture's spec names its groups (`Architecture.groups`: parameter-name prefixes
+of the stock transformers class): vision, connector, text, and cross_attn for idefics.
 
 `lora` injects peft LoRA adapters (in place, the model keeps its stock class) into every
 Linear of the group except the LM head; `merge_lora` folds them back into the weights.
@@ -18,25 +13,11 @@ from typing import Literal
 
 from torch import nn
 
-Mode = Literal["frozen", "lora", "full"]
-MODES = ("frozen", "lora", "full")
+from components.model.architectures import spec_of
+from components.model.spec import UNFREEZE_MODES
 
-GROUP_PREFIXES: dict[str, dict[str, tuple[str, ...]]] = {
-    "Idefics3ForConditionalGeneration": {
-        "vision": ("model.vision_model.",), "connector": ("model.connector.",),
-        "text": ("model.text_model.", "lm_head.")},
-    "Idefics2ForConditionalGeneration": {
-        "vision": ("model.vision_model.",), "connector": ("model.connector.",),
-        "text": ("model.text_model.", "lm_head.")},
-    "LlavaForConditionalGeneration": {
-        "vision": ("model.vision_tower.",), "connector": ("model.multi_modal_projector.",),
-        "text": ("model.language_model.", "lm_head.")},
-    "IdeficsForVisionText2Text": {
-        "vision": ("model.vision_model.",), "connector": ("model.perceiver_resampler.",),
-        "cross_attn": ("model.gated_cross_attn_layers.",),
-        "text": ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")},
-}
-
+Mode = Literal[UNFREEZE_MODES]  # type: ignore[valid-type]
+MODES = UNFREEZE_MODES
 
 def _is_lora(name: str) -> bool:
     return ".lora_" in name
@@ -49,9 +30,7 @@ def _group_of(name: str, prefixes: dict[str, tuple[str, ...]]) -> str | None:
 
 def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """Named parameters per group (LoRA adapter weights included in their group)."""
-    prefixes = GROUP_PREFIXES.get(type(model).__name__)
-    if prefixes is None:
-        raise ValueError(f"no parameter groups known for {type(model).__name__}")
+    prefixes = spec_of(model).groups
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in prefixes}
     stray = []
     for name, p in model.named_parameters():
@@ -68,7 +47,7 @@ def add_lora(model: nn.Module, groups: list[str], rank: int) -> list[str]:
 
     from components.model.common import seeded
 
-    prefixes = GROUP_PREFIXES[type(model).__name__]
+    prefixes = spec_of(model).groups
     targets = [n for n, m in model.named_modules()
                if isinstance(m, nn.Linear) and not n.startswith("lm_head")
                and any(n.startswith(p) for g in groups for p in prefixes[g])
@@ -108,9 +87,7 @@ def apply_unfreezing(model: nn.Module, schedule: dict[str, Mode], lora_rank: int
     checked against it, so a recipe can never silently train the wrong parts:
     frozen -> nothing trains; full -> every base weight, no adapter; lora -> the adapters only.
     """
-    prefixes = GROUP_PREFIXES.get(type(model).__name__)
-    if prefixes is None:
-        raise ValueError(f"no parameter groups known for {type(model).__name__}")
+    prefixes = spec_of(model).groups
     if set(schedule) != set(prefixes):
         raise ValueError(f"schedule names {sorted(schedule)}, model has groups {sorted(prefixes)}")
     for name, mode in schedule.items():

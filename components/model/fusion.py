@@ -27,8 +27,8 @@ from transformers import (
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from components.model.architectures.llava import assemble_llava
 from components.model.common import copy_exact
-from components.model.llava import assemble_llava
 
 
 class FusedVisionConfig(PreTrainedConfig):

@@ -8,7 +8,9 @@ image-caption pairs, as SigLIP is, with FLIP's random patch dropping as an optio
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,14 +24,14 @@ from transformers import (
     SiglipVisionModel,
 )
 
-from components.training.loop import LogFn, LoopConfig, LoopResult, train
+from components.data.sample import message_text
+from components.data.shards import read_samples, shard_paths
+from components.data.synthetic.preference import hard_negative
+from components.data.synthetic.scene import Scene, SceneObject, caption
+from components.model.backbones import images_to_tensor
+from components.recipe import TrainSettings
+from components.training.loop import LogFn, LoopResult, train
 from components.training.objectives import drop_patches, siglip_loss
-
-
-def images_to_tensor(images: Sequence[Image.Image], size: int) -> torch.Tensor:
-    """Resize to `size` x `size` and normalise to [-1, 1] (the VLM processor's mean/std of 0.5)."""
-    arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC)) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 class ContrastivePairs:
@@ -85,15 +87,15 @@ def train_vision_tower(
     negatives: Sequence[str] | None,
     tokenizer: PreTrainedTokenizerBase,
     model_config: SiglipConfig,
-    loop: LoopConfig,
+    settings: TrainSettings,
     *,
-    batch_size: int,
+    seed: int = 0,
     patch_keep: float = 1.0,
     on_log: LogFn | None = None,
 ) -> tuple[SiglipVisionModel, LoopResult, SiglipModel]:
     """Train a dual-tower SigLIP on the pairs (plus one hard-negative caption per image, if
     given); return its vision tower as a standalone model."""
-    torch.manual_seed(loop.seed)
+    torch.manual_seed(seed)
     model = SiglipModel(model_config)
     with torch.no_grad():
         model.logit_scale.fill_(np.log(10.0))
@@ -102,8 +104,8 @@ def train_vision_tower(
     ids = _caption_ids(tokenizer, captions, max_len)
     negative_ids = None if negatives is None else _caption_ids(tokenizer, negatives, max_len)
     pixels = images_to_tensor(images, model_config.vision_config.image_size)
-    batches = ContrastivePairs(pixels, ids, negative_ids, batch_size, loop.seed)
-    result = train(model, batches, loop, SiglipObjective(patch_keep, loop.seed), on_log)
+    batches = ContrastivePairs(pixels, ids, negative_ids, settings.batch_size, seed)
+    result = train(model, batches, settings, SiglipObjective(patch_keep, seed), on_log, seed=seed)
     vision = SiglipVisionModel(model_config.vision_config)
     vision.load_state_dict(model.vision_model.state_dict())
     return vision, result, model
@@ -156,13 +158,38 @@ def train_language_model(
     texts: Sequence[str],
     tokenizer: PreTrainedTokenizerBase,
     model: LlamaForCausalLM,
-    loop: LoopConfig,
+    settings: TrainSettings,
     *,
-    batch_size: int,
+    seed: int = 0,
     block: int = 128,
     on_log: LogFn | None = None,
 ) -> LoopResult:
     """Causal-LM training on packed text blocks (the model is trained in place)."""
-    torch.manual_seed(loop.seed)
-    batches = PackedText(texts, tokenizer, block, batch_size, loop.seed)
-    return train(model, batches, loop, on_log=on_log)
+    torch.manual_seed(seed)
+    batches = PackedText(texts, tokenizer, block, settings.batch_size, seed)
+    return train(model, batches, settings, on_log=on_log, seed=seed)
+
+
+def image_caption_pairs(shards: Path, split: str, seed: int = 0):
+    """(image, caption, hard negative) triples: scenes with their canonical caption and a
+    binding-swapped or hallucinated one; OCR images with their text and its reversal."""
+    rng = random.Random(seed)
+    triples = []
+    for s in read_samples(shard_paths(shards, split, ["scenes_caption", "scenes_vqa", "ocr"])):
+        rec = s.record
+        if "objects" in rec:
+            scene = Scene(tuple(SceneObject(**o) for o in rec["objects"]), (0, 0, 0))
+            triples.append((s.images[0], caption(scene.objects), caption(hard_negative(scene, rng))))
+        else:
+            text = rec["answers"][0]
+            triples.append((s.images[0], text, text[::-1]))
+    return triples
+
+
+def corpus_chat_texts(shards: Path, tokenizer) -> list[str]:
+    """Every training conversation rendered with the chat template, images left out."""
+    texts = []
+    for s in read_samples(shard_paths(shards, "train", ["scenes_caption", "scenes_vqa", "ocr", "text"])):
+        messages = [{"role": m["role"], "content": message_text(m)} for m in s.record["messages"]]
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
+    return texts

@@ -15,10 +15,10 @@ import itertools
 from collections.abc import Iterable, Iterator
 
 from components.data.sample import Sample
-from components.data.scene import SceneObject, caption
+from components.data.synthetic.scene import SceneObject, caption
 from components.evaluation.caption_hallucination import hallucinated_mentions, mentioned_objects
 from components.evaluation.generate import generate_answers
-from components.training.batching import ChatEncoder
+from components.model.chat import ChatEncoder
 
 
 def corrected_caption(answer: str, objects: list[dict]) -> str | None:

@@ -17,24 +17,13 @@ import random
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from components.data.params import TEXT_ONLY_SOURCES
 from components.data.sample import Sample
-from components.data.shards import read_samples
-from components.training.batching import ChatEncoder, Encoded, collate
+from components.data.shards import read_samples, shard_paths
+from components.data.synthetic import TEXT_ONLY_SOURCES
+from components.model.chat import ChatEncoder, Encoded, collate
 from components.training.packing import RowPacker, collate_packed
 
 SHUFFLE_BUFFER = 1000  # decoded samples held for shuffling, shared out among a mixture's sources
-
-
-def shard_paths(shards_dir: Path, split: str, sources: list[str]) -> list[Path]:
-    """The shards of `split` written for `sources`; an error if a source has none."""
-    paths = []
-    for source in sources:
-        found = sorted((Path(shards_dir) / split).glob(f"{source}-*.tar"))
-        if not found:
-            raise FileNotFoundError(f"no {split} shards for source {source!r} in {shards_dir}")
-        paths.extend(found)
-    return paths
 
 
 class SampleStream:

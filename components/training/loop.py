@@ -37,35 +37,18 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from torch import nn
 
 from components.progress import progress
+from components.recipe import SCHEDULES, TrainSettings
 from components.training.checkpoints import (
     latest_checkpoint,
     read_loop_state,
     remove_partial,
     save_checkpoint,
 )
+from components.training.objectives import Objective, lm_objective
 
-Objective = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
 LogFn = Callable[[int, dict[str, float]], None]
 EvalFn = Callable[[nn.Module], dict[str, float]]
-SCHEDULES = ("cosine", "wsd")
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoopConfig:
-    steps: int
-    lr: float = 5e-4
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    log_every: int = 10
-    seed: int = 0
-    schedule: str = "cosine"  # cosine | wsd (warmup-stable-decay)
-    decay_fraction: float = 0.2  # wsd: the share of steps spent decaying linearly to 0
-    checkpoint_every: int = 0  # optimiser steps between checkpoints; 0 = none
-    keep_checkpoints: int = 2
-    eval_every: int = 0  # steps between `on_eval` calls (and after the last step); 0 = never
 
 
 class TrainingInterrupted(SystemExit):
@@ -96,12 +79,6 @@ class LoopResult:
         return sum(part) / len(part)
 
 
-def lm_objective(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """Next-token loss on the labelled (assistant) tokens."""
-    out = model(**batch)
-    return out.loss, {}
-
-
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -118,6 +95,14 @@ def warmup_stable_decay(step: int, warmup: int, total: int, decay_fraction: floa
     return max(0.0, min(1.0, (total - step) / decay))
 
 
+SCHEDULE_FUNCTIONS = {  # (step, warmup, total, decay_fraction) -> lr multiplier
+    "cosine": lambda step, warmup, total, _: warmup_cosine(step, warmup, total),
+    "wsd": warmup_stable_decay,
+}
+if tuple(SCHEDULE_FUNCTIONS) != SCHEDULES:
+    raise RuntimeError(f"schedules {list(SCHEDULE_FUNCTIONS)} != recipe SCHEDULES {list(SCHEDULES)}")
+
+
 @dataclass
 class LRSchedule:
     """The lr multiplier of optimiser step `step` (a picklable LambdaLR lambda)."""
@@ -128,29 +113,29 @@ class LRSchedule:
     decay_fraction: float = 0.2
 
     def __post_init__(self):
-        if self.kind not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.kind!r}")
+        if self.kind not in SCHEDULE_FUNCTIONS:
+            raise ValueError(f"schedule must be one of {list(SCHEDULE_FUNCTIONS)}, got {self.kind!r}")
 
     def __call__(self, step: int) -> float:
-        if self.kind == "wsd":
-            return warmup_stable_decay(step, self.warmup, self.total, self.decay_fraction)
-        return warmup_cosine(step, self.warmup, self.total)
+        return SCHEDULE_FUNCTIONS[self.kind](step, self.warmup, self.total, self.decay_fraction)
 
 
 def train(
     model: nn.Module,
     batches: Iterable[dict],
-    cfg: LoopConfig,
+    cfg: TrainSettings,
     objective: Objective = lm_objective,
     on_log: LogFn | None = None,
     checkpoint_dir: Path | str | None = None,
     on_eval: EvalFn | None = None,
+    *,
+    seed: int = 0,
 ) -> LoopResult:
     """Run `cfg.steps` optimiser steps over `batches` (cycled if shorter), resuming from the
     newest checkpoint in `checkpoint_dir` if there is one. Every `cfg.eval_every` steps and
     after the last, the main process passes the model to `on_eval`; its metrics (validation
     loss, say) go to `on_log` and `result.evals`."""
-    set_seed(cfg.seed)
+    set_seed(seed)
     accel = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision="bf16" if torch.cuda.is_available() else "no",
@@ -340,7 +325,7 @@ class _SigtermFlag:
                 signal.raise_signal(signal.SIGTERM)
 
 
-def _checkpoint_dir(accel: Accelerator, cfg: LoopConfig, path: Path | str | None) -> Path | None:
+def _checkpoint_dir(accel: Accelerator, cfg: TrainSettings, path: Path | str | None) -> Path | None:
     """Rank 0's checkpoint directory, shared with every rank (one machine)."""
     value = [str(path) if path is not None and cfg.checkpoint_every > 0 else None]
     if accel.num_processes > 1:

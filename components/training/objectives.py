@@ -1,12 +1,24 @@
-"""Training objectives: preference optimisation (DPO / IPO and variants) and contrastive (SigLIP + FLIP)."""
+"""Training objectives behind one interface, ``(model, batch) -> (loss, metrics)``.
+
+Supervised (next-token loss on the labelled tokens, averaged per token or per sample:
+``SUPERVISED_OBJECTIVES``), preference optimisation (DPO / IPO and variants:
+``PREFERENCE_OBJECTIVES``) and contrastive (SigLIP + FLIP) for the vision tower. Adding an
+objective: its function and registry row here, and its name in the recipe's vocabulary.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.training.batching import IGNORE
+from components.model.chat import IGNORE
+from components.recipe import LOSS_AVERAGES, PREFERENCE_LOSSES
+
+Objective = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -24,6 +36,12 @@ def labelled_tokens(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:] != IGNORE).sum(-1)
 
 
+def lm_objective(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    """Next-token loss on the labelled (assistant) tokens."""
+    out = model(**batch)
+    return out.loss, {}
+
+
 def sample_mean_lm_objective(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """Next-token loss averaged over each sample's labelled tokens, then over the samples: a
     twenty-token caption weighs as much as a one-word answer (`lm_objective` averages over
@@ -34,7 +52,40 @@ def sample_mean_lm_objective(model: nn.Module, batch: dict) -> tuple[torch.Tenso
     return nll[tokens > 0].mean(), {}
 
 
-PREFERENCE_LOSSES = ("sigmoid", "ipo", "sigmoid_norm", "sigmoid_sft")
+SUPERVISED_OBJECTIVES: dict[str, Objective] = {  # a stage's `loss_average`
+    "token": lm_objective,
+    "sample": sample_mean_lm_objective,
+}
+
+
+def _per_token_delta(chosen_ratio, rejected_ratio, chosen_tokens, rejected_tokens):
+    return chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
+
+
+@dataclass(frozen=True)
+class PreferenceLoss:
+    """One preference loss: per-pair loss from the policy/reference log-ratios (summed over the
+    answer's tokens) and the answers' labelled token counts; `with_sft` adds the NLL of chosen."""
+
+    per_pair: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None, float],
+                       torch.Tensor]
+    needs_tokens: bool = True
+    with_sft: bool = False
+
+
+def _dpo(chosen_ratio, rejected_ratio, chosen_tokens, rejected_tokens, beta):
+    return -F.logsigmoid(beta * (chosen_ratio - rejected_ratio))
+
+
+PREFERENCE_OBJECTIVES: dict[str, PreferenceLoss] = {  # an align stage's `loss`
+    "sigmoid": PreferenceLoss(_dpo, needs_tokens=False),
+    "ipo": PreferenceLoss(lambda c, r, ct, rt, beta: (_per_token_delta(c, r, ct, rt) - 1 / (2 * beta)) ** 2),
+    "sigmoid_norm": PreferenceLoss(lambda c, r, ct, rt, beta: -F.logsigmoid(beta * _per_token_delta(c, r, ct, rt))),
+    "sigmoid_sft": PreferenceLoss(_dpo, with_sft=True),
+}
+for _names, _registry in ((LOSS_AVERAGES, SUPERVISED_OBJECTIVES), (PREFERENCE_LOSSES, PREFERENCE_OBJECTIVES)):
+    if tuple(_registry) != _names:
+        raise RuntimeError(f"objectives {list(_registry)} != the recipe's {list(_names)}")
 
 
 def preference_loss(
@@ -60,22 +111,16 @@ def preference_loss(
     `chosen_tokens` / `rejected_tokens` are the labelled token counts per sequence,
     needed by every loss but `sigmoid`. Rewards are beta x the log-ratios (unnormalised).
     """
-    if loss_type not in PREFERENCE_LOSSES:
-        raise ValueError(f"unknown preference loss {loss_type!r}; expected one of {list(PREFERENCE_LOSSES)}")
-    if loss_type != "sigmoid" and (chosen_tokens is None or rejected_tokens is None):
+    if loss_type not in PREFERENCE_OBJECTIVES:
+        raise ValueError(f"unknown preference loss {loss_type!r}; expected one of {list(PREFERENCE_OBJECTIVES)}")
+    spec = PREFERENCE_OBJECTIVES[loss_type]
+    if spec.needs_tokens and (chosen_tokens is None or rejected_tokens is None):
         raise ValueError(f"preference loss {loss_type!r} needs chosen_tokens and rejected_tokens")
     chosen_ratio = policy_chosen - ref_chosen
     rejected_ratio = policy_rejected - ref_rejected
+    loss = spec.per_pair(chosen_ratio, rejected_ratio, chosen_tokens, rejected_tokens, beta).mean()
     metrics: dict[str, float] = {}
-    if loss_type in ("sigmoid", "sigmoid_sft"):
-        loss = -F.logsigmoid(beta * (chosen_ratio - rejected_ratio)).mean()
-    else:
-        delta = chosen_ratio / chosen_tokens.clamp(min=1) - rejected_ratio / rejected_tokens.clamp(min=1)
-        if loss_type == "ipo":
-            loss = ((delta - 1 / (2 * beta)) ** 2).mean()
-        else:
-            loss = -F.logsigmoid(beta * delta).mean()
-    if loss_type == "sigmoid_sft":
+    if spec.with_sft:
         sft = -policy_chosen.sum() / chosen_tokens.sum().clamp(min=1)
         metrics["loss/preference"] = loss.item()
         metrics["loss/sft"] = sft.item()
@@ -102,8 +147,8 @@ class PreferenceObjective:
     """
 
     def __init__(self, reference: nn.Module, beta: float, loss_type: str = "sigmoid", sft_weight: float = 1.0):
-        if loss_type not in PREFERENCE_LOSSES:
-            raise ValueError(f"unknown preference loss {loss_type!r}; expected one of {list(PREFERENCE_LOSSES)}")
+        if loss_type not in PREFERENCE_OBJECTIVES:
+            raise ValueError(f"unknown preference loss {loss_type!r}; expected one of {list(PREFERENCE_OBJECTIVES)}")
         self.reference = reference.eval().requires_grad_(False)
         self.beta = beta
         self.loss_type = loss_type

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from components.training.batching import IGNORE, Encoded
+from components.model.chat import IGNORE, Encoded
 
 
 class RowPacker:

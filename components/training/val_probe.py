@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from components.data.sample import Sample
-from components.data.shards import read_samples
+from components.data.shards import read_samples, shard_paths
 from components.evaluation.exact_match import exact_match
 from components.evaluation.generate import generate_answers
-from components.training.batching import ChatEncoder
-from components.training.data_stream import ChatBatches, PreferenceBatches, shard_paths
+from components.model.chat import ChatEncoder
+from components.training.data_stream import ChatBatches, PreferenceBatches
 
 
 def first_question(sample: Sample) -> tuple[list[dict], list, list[str]]:

@@ -18,16 +18,22 @@ import yaml
 from PIL import Image
 
 import registry
-from components.data.scenes import generate_caption, generate_vqa
 from components.data.shards import write_shard
-from components.data.text_tasks import generate as generate_text
+from components.data.synthetic.scenes import generate_caption, generate_vqa
+from components.data.synthetic.text_tasks import generate as generate_text
+from components.evaluation.runners import official_metrics, score_official
+from components.evaluation.suites import (
+    DEFAULT_SUITE,
+    SuiteSpec,
+    load_suite_config,
+    parse_suites,
+    resolve_suites,
+)
 from components.recipe import load_recipe
-from flows.benchmarks import official_metrics, score_official
-from flows.data import DataVersion
-from flows.evaluate import evaluate_flow
-from flows.evaluate_cli import add_evaluate_parser, evaluate_command, parse_model_ref
-from flows.score import add_score_parser
-from flows.suites import DEFAULT_SUITE, SuiteSpec, load_suite_config, parse_suites, resolve_suites
+from flows.commands.evaluate import add_evaluate_parser, evaluate_command, parse_model_ref
+from flows.commands.score import add_score_parser
+from flows.stages.data import DataVersion
+from flows.stages.evaluate import evaluate_flow
 from registry.tracking import client
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -115,9 +121,8 @@ def setup(tmp_path_factory, backbones_module, tokenizer):
     """A registered tiny VLM, a tiny data version (test + val shards) and the recipe."""
     import uuid
 
-    from components.model.assembly import assemble_idefics3
-    from components.model.processor import build_processor
-    from flows.models import save_vlm
+    from components.model.architectures.idefics3 import assemble_idefics3, build_processor
+    from components.model.build import save_vlm
 
     home = tmp_path_factory.mktemp("store")
     registry.configure(home)

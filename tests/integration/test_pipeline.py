@@ -13,9 +13,9 @@ import pytest
 
 import registry
 from components.recipe import load_recipe
-from flows.data import DataStageError, _dvc
 from flows.environment import vlmforge_home
 from flows.pipeline import pipeline
+from flows.stages.data import DataStageError, _dvc
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -107,7 +107,7 @@ def test_first_run_promotes_the_final_version_to_champion(runs):
 
 def test_evaluate_scores_every_stage_version_and_compares_sft_with_aligned(runs):
     recipe, first, second = runs
-    comparison = first.evaluation.comparison
+    comparison = first.comparison
     assert comparison.versions == {s.stage: s.version for s in first.stages}
     sft, align = recipe.stages_of("sft")[0].name, recipe.stages_of("align")[0].name
     for stage, version in comparison.versions.items():  # each version carries its own scores
@@ -125,7 +125,7 @@ def test_evaluate_scores_every_stage_version_and_compares_sft_with_aligned(runs)
     assert run["metrics"][f"{align}.hallucination_rate"] == checks["align_hallucination_after"]
     assert "align_vqa_drop_points" in registry.get_run(first.run_id)["metrics"]
     assert "every stage on the held-out test split" in first.summary(recipe.registered_model)
-    for stage, metrics in second.evaluation.comparison.metrics.items():  # reused, not rerun
+    for stage, metrics in second.comparison.metrics.items():  # reused, not rerun
         assert metrics == pytest.approx(comparison.metrics[stage])
 
 

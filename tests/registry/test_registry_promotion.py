@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import registry
-from flows.promote import add_promote_parser, gate_from_args, promote_command
+from flows.commands.promote import add_promote_parser, gate_from_args, promote_command
 from registry.promotion import Decision, GateConfig, comparison_table, decide
 
 GATE = GateConfig(primary="cider", min_delta=0.01, guarded={"vqa_acc": 0.02})

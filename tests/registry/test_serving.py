@@ -24,9 +24,8 @@ import registry
 @pytest.fixture
 def vlm_dir(backbones, tokenizer, tmp_path: Path) -> Path:
     """A tiny Idefics3 VLM saved the way the training stages save it."""
-    from components.model.assembly import assemble_idefics3
-    from components.model.processor import build_processor
-    from flows.models import save_vlm
+    from components.model.architectures.idefics3 import assemble_idefics3, build_processor
+    from components.model.build import save_vlm
 
     model = assemble_idefics3(*backbones, tokenizer, scale_factor=2).eval()
     processor = build_processor(tokenizer, tile_size=32, longest_edge=64, patch_size=8,
@@ -109,7 +108,7 @@ def test_predict_validates_rows(vlm_dir: Path) -> None:
 
 def test_model_server_answers_and_rejects_bad_requests(home: Path, model_name: str,
                                                        vlm_dir: Path, tmp_path: Path) -> None:
-    from flows.serve import free_port, start_server, stop_server, wait_until_ready
+    from flows.commands.serve import free_port, start_server, stop_server, wait_until_ready
     from registry.pyfunc_model import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
     with registry.start_run("train") as run_id:
@@ -164,7 +163,7 @@ def test_model_server_answers_and_rejects_bad_requests(home: Path, model_name: s
 
 
 def test_serve_parser_defaults_to_localhost() -> None:
-    from flows.serve import add_serve_parser, serve_command
+    from flows.commands.serve import add_serve_parser, serve_command
 
     parser = argparse.ArgumentParser()
     add_serve_parser(parser.add_subparsers(dest="command"))

@@ -1,0 +1,55 @@
+"""A data version: where a recipe's prepared data lives and which content it has.
+
+The content hashes are DVC's (dvc.lock): the version is a short hash over the outputs that
+training reads, so identical data gives an identical version on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+SOURCE_OUTS = "data/sources/"  # per-source outputs: mixed into data/shards, so not in `version`
+
+
+@dataclass
+class DataVersion:
+    """Where a recipe's data lives and which content it has."""
+
+    workspace: str
+    version: str  # short hash over the DVC outputs training reads (all but data/sources/*)
+    hashes: dict[str, str]  # DVC output path -> md5
+    counts: dict[str, dict[str, int]]  # split -> task -> samples
+
+    @property
+    def shards(self) -> Path:
+        return Path(self.workspace) / "data" / "shards"
+
+    @property
+    def tokenizer(self) -> Path:
+        return Path(self.workspace) / "data" / "tokenizer"
+
+
+def read_version(workspace: Path) -> DataVersion:
+    """The data version of a DVC workspace, from its dvc.lock (every stage output's md5)."""
+    lock = yaml.safe_load((workspace / "dvc.lock").read_text())
+    hashes = {out["path"]: out["md5"] for st in lock["stages"].values() for out in st.get("outs", [])}
+    read = {p: h for p, h in hashes.items() if not p.startswith(SOURCE_OUTS)}
+    version = hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()[:12]
+    return DataVersion(str(workspace), version, hashes, task_counts(workspace / "data" / "shards" / "manifests"))
+
+
+def task_counts(manifests: Path) -> dict[str, dict[str, int]]:
+    """Samples per task of each split, from the split manifests."""
+    counts: dict[str, dict[str, int]] = {}
+    for path in sorted(manifests.glob("*.jsonl")):
+        per_task: dict[str, int] = {}
+        for line in path.read_text().splitlines():
+            task_name = json.loads(line)["task"]
+            per_task[task_name] = per_task.get(task_name, 0) + 1
+        counts[path.stem] = per_task
+    return counts

@@ -1,0 +1,157 @@
+"""Benchmark suites: what `vlmforge evaluate --suite NAME` and a recipe's `evaluate.suites`
+can name, validated; built-ins are the held-out synthetic suite and POPE. Light (pydantic
+only): the recipe schema validates its suites with it; ``runners.RUNNERS`` runs them.
+
+Adding a suite kind: its name in ``SUITE_KINDS`` (and its files in `SuiteSpec`), its runner
+in runners.py."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SUITE_KINDS: tuple[str, ...] = ("synthetic", "pope", "vqa", "caption", "mcq")  # runners.RUNNERS
+DATA_SUITES: tuple[str, ...] = ("synthetic", "pope")  # kinds that read the recipe's data version
+DEFAULT_SUITE = "synthetic"
+POPE_SAMPLERS: tuple[str, ...] = ("random", "popular", "adversarial")  # components.evaluation.pope
+POPE_TEMPLATE = "Is there {object} in the image?"
+SUITE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JudgeSpec(_Strict):
+    """A LAVE-style judge: a local ``AutoModelForCausalLM`` directory (``backend: local``) or
+    a model behind an OpenAI-compatible endpoint (``backend: openai``, ``base_url``)."""
+
+    backend: Literal["local", "openai"] = "local"
+    model: str  # local: a model directory; openai: the endpoint's model name
+    base_url: str | None = None  # openai: the API root, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = None  # openai: env var holding the API key (optional)
+    timeout_s: float = Field(60.0, gt=0)  # openai: per request
+    cache_dir: str | None = None  # default: $VLMFORGE_HOME/judge-cache
+    max_new_tokens: int = Field(48, gt=0)
+    batch_size: int = Field(8, gt=0)  # openai: concurrent requests
+    exact_match_shortcut: bool = True
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> JudgeSpec:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("an openai judge needs a base_url")
+        if self.backend == "local" and (self.base_url or self.api_key_env):
+            raise ValueError("base_url and api_key_env apply to an openai judge only")
+        return self
+
+
+class SuiteSpec(_Strict):
+    """One benchmark suite. Paths in a suite config file are relative to that file."""
+
+    kind: Literal[SUITE_KINDS]  # type: ignore[valid-type]
+    split: str = "test"  # synthetic/pope: the data split asked about
+    shots: int = Field(0, ge=0)  # synthetic: in-context examples per question
+    support_split: str = "val"  # synthetic: where the shots come from
+    seed: int = 0
+    samplers: list[Literal[POPE_SAMPLERS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(POPE_SAMPLERS))
+    template: str = POPE_TEMPLATE
+    max_images: int | None = Field(None, gt=0)  # pope: scene images used (None: all)
+    annotations: str | None = None  # vqa: VQAv2/OK-VQA/TextVQA; caption: COCO captions
+    questions: str | None = None  # vqa: VQAv2 questions file (TextVQA carries its questions)
+    items: str | None = None  # mcq: items JSONL
+    images: str | None = None  # vqa/caption: the image folder
+    image_file: str = "{image_id}.jpg"  # name of an image in `images` (COCO: its file_name)
+    metrics: list[str] = Field(default_factory=lambda: ["BLEU", "ROUGE_L", "CIDEr"])
+    mcq_answer: Literal["letter_logprob", "generate"] = "letter_logprob"
+    max_new_tokens: int | None = Field(None, gt=0)  # default: the recipe's (pope: 4)
+    judge: JudgeSpec | None = None  # synthetic/vqa: add a LAVE judge score
+
+    @model_validator(mode="after")
+    def _files_for_kind(self) -> SuiteSpec:
+        needs = {"vqa": ("annotations", "images"), "caption": ("annotations", "images"),
+                 "mcq": ("items",)}.get(self.kind, ())
+        missing = [f for f in needs if getattr(self, f) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} suite needs {', '.join(missing)}")
+        if self.judge is not None and self.kind not in ("synthetic", "vqa"):
+            raise ValueError(f"a judge scores open answers: synthetic or vqa suites, not {self.kind}")
+        if self.shots and self.kind != "synthetic":
+            raise ValueError("shots apply to synthetic suites only")
+        return self
+
+    def resolve_paths(self, base: Path) -> SuiteSpec:
+        """The spec with relative file paths made absolute against ``base``."""
+        update = {}
+        for name in ("annotations", "questions", "items", "images"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).expanduser().is_absolute():
+                update[name] = str((base / value).resolve())
+        if self.judge is not None:
+            paths = (("model", self.judge.model),) if self.judge.backend == "local" else ()
+            judge = {k: (str((base / v).resolve()) if v and not Path(v).expanduser().is_absolute()
+                         else v) for k, v in (*paths, ("cache_dir", self.judge.cache_dir))}
+            update["judge"] = self.judge.model_copy(update=judge)
+        return self.model_copy(update=update)
+
+
+BUILTIN_SUITES: dict[str, SuiteSpec] = {
+    DEFAULT_SUITE: SuiteSpec(kind="synthetic"),
+    "pope": SuiteSpec(kind="pope"),
+}
+
+
+def parse_suites(raw: Any, source: str, base: Path) -> dict[str, SuiteSpec]:
+    """Named suites from parsed YAML/JSON: ``{suites: {name: spec}}`` or ``{name: spec}``."""
+    if isinstance(raw, Mapping) and set(raw) == {"suites"}:
+        raw = raw["suites"]
+    if not isinstance(raw, Mapping) or not raw:
+        raise ValueError(f"{source}: must map suite names to suite settings")
+    out: dict[str, SuiteSpec] = {}
+    for name, spec in raw.items():
+        if not isinstance(name, str) or not SUITE_NAME.match(name):
+            raise ValueError(f"{source}: suite name {name!r} must be lower case letters, digits "
+                             "and _, starting with a letter (it prefixes the suite's metrics)")
+        if name == DEFAULT_SUITE:
+            raise ValueError(f"{source}: suite {name!r} is the built-in default suite; give yours "
+                             "another name")
+        try:
+            out[name] = SuiteSpec.model_validate(spec).resolve_paths(base)
+        except ValidationError as exc:
+            errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}"
+                               for e in exc.errors())
+            raise ValueError(f"{source}: suite {name!r}: {errors}") from None
+    return out
+
+
+def load_suite_config(path: str | Path) -> dict[str, SuiteSpec]:
+    """Suites of a YAML file; relative paths in it are relative to its folder."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read suite config ({exc.strerror or exc})") from exc
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: invalid YAML ({exc})") from exc
+    return parse_suites(raw, str(path), path.resolve().parent)
+
+
+def resolve_suites(names: Sequence[str] | None,
+                   configured: Mapping[str, SuiteSpec] | None = None) -> dict[str, SuiteSpec]:
+    """The specs of ``names`` (default: the default suite) from the built-ins and ``configured``."""
+    known = {**BUILTIN_SUITES, **(configured or {})}
+    names = list(dict.fromkeys(names or [DEFAULT_SUITE]))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown suite(s) {unknown}; known: {sorted(known)} (define more in a "
+                         "suite config)")
+    return {n: known[n] for n in names}
+
+
+def metric_prefix(suite: str) -> str:
+    return "" if suite == DEFAULT_SUITE else f"{suite}_"

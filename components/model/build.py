@@ -1,0 +1,125 @@
+"""The one factory from a recipe's ``model:`` section to a VLM, its processor and tokenizer.
+
+A new VLM is assembled from backbone directories (hub layout: ``config.json``, weights, and
+for the LM its tokenizer files) or inline tower configs; a later stage starts from a saved
+version instead. Saved versions are stock transformers files (safetensors + config +
+processor): `load_vlm` is plain `AutoModelForImageTextToText` + `AutoProcessor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.utils import logging as hf_logging
+
+from components.model.architectures import spec, spec_of
+from components.model.backbones import images_to_tensor, load_text_backbone, load_vision_backbone
+from components.model.spec import REGISTERED, ModelSpec
+from components.model.tokens import prepare_tokenizer
+
+hf_logging.disable_progress_bar()
+
+
+def backbone_dir(name: str, registered: Mapping[str, str | Path]) -> str:
+    """A backbone spec as a directory or hub id: ``registered:<name>`` looked up in
+    ``registered`` (name -> directory, from the registry), anything else as given."""
+    if not name.startswith(REGISTERED):
+        return name
+    key = name.removeprefix(REGISTERED)
+    if key not in registered:
+        raise LookupError(f"backbone {key!r} is not registered yet: run `vlmforge backbones` first")
+    return str(registered[key])
+
+
+def assemble(model_spec: ModelSpec, vision: PreTrainedModel, lm: PreTrainedModel,
+             tokenizer: PreTrainedTokenizerBase, *, seed: int = 0) -> PreTrainedModel:
+    """The VLM of ``model_spec.architecture`` with both backbones' weights copied in exactly."""
+    return spec(model_spec.architecture).assemble(vision, lm, tokenizer, model_spec, seed)
+
+
+def build_vlm(model_spec: ModelSpec, registered: Mapping[str, str | Path], *, seed: int = 0,
+              feature_images: list | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A fresh VLM from the recipe's backbones, with the LM's tokenizer made VLM-ready.
+
+    ``feature_images``: training images for ``standardize_features`` (that many are used)."""
+    m = model_spec
+    vision = load_vision_backbone(m.vision_inline if m.vision == "inline"
+                                  else backbone_dir(m.vision, registered))
+    text_dir = backbone_dir(m.text, registered)
+    lm = load_text_backbone(text_dir)
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_dir), lm)
+    if m.fusion_vision is not None:
+        model = _sphinx(m, vision, lm, tokenizer, backbone_dir(m.fusion_vision, registered), seed)
+    else:
+        model = assemble(m, vision, lm, tokenizer, seed=seed)
+    if m.standardize_features:
+        from components.model.architectures.idefics3 import standardize_image_features
+
+        if not feature_images:
+            raise ValueError("standardize_features needs training images")
+        standardize_image_features(model, images_to_tensor(feature_images[: m.standardize_features],
+                                                           vision.config.image_size))
+    return model, tokenizer
+
+
+def _sphinx(m: ModelSpec, vision, lm, tokenizer, secondary_dir: str, seed: int):
+    """LLaVA over ``vision`` fused per patch with a second tower (SPHINX); the second tower
+    gets its own normalisation when its directory has an image processor config."""
+    from transformers import AutoImageProcessor
+
+    from components.model.fusion import assemble_sphinx_llava
+
+    secondary = load_vision_backbone(secondary_dir)
+    mean = std = None
+    try:
+        stats = AutoImageProcessor.from_pretrained(secondary_dir)
+        mean, std = list(stats.image_mean), list(stats.image_std)
+    except (OSError, ValueError, AttributeError):
+        pass  # no image processor saved with the tower: it sees the primary's pixels
+    return assemble_sphinx_llava(vision, secondary, lm, tokenizer, seed=seed,
+                                 secondary_mean=mean, secondary_std=std)
+
+
+def processor_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, longest_edge: int):
+    """The processor for one stage at ``longest_edge`` px, matching the model's architecture."""
+    return spec_of(model).processor(model, tokenizer, longest_edge)
+
+
+def build_stage_model(model_spec: ModelSpec, *, seed: int, parent_dir: str | Path | None,
+                      registered: Mapping[str, str | Path], longest_edge: int,
+                      unfreeze: Mapping[str, str], lora_rank: int,
+                      feature_images: list | None = None) -> tuple[PreTrainedModel, Any, dict[str, int]]:
+    """The model a training stage starts from (the saved parent version, or assembled from
+    the backbones when ``parent_dir`` is None), its processor at the stage's resolution, and
+    the trainable parameter count per group after the stage's unfreezing."""
+    from components.model.freeze import apply_unfreezing
+
+    if parent_dir is None:
+        model, tokenizer = build_vlm(model_spec, registered, seed=seed, feature_images=feature_images)
+    else:
+        model, saved = load_vlm(parent_dir)
+        tokenizer = saved.tokenizer
+    processor = processor_for(model, tokenizer, longest_edge)
+    return model, processor, apply_unfreezing(model, dict(unfreeze), lora_rank=lora_rank)
+
+
+def load_vlm(path: str | Path):
+    """A saved VLM and its processor, via the standard Auto classes."""
+    return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+
+
+def save_vlm(model: PreTrainedModel, processor, out_dir: Path) -> Path:
+    """Safetensors + config + processor: loadable with plain transformers."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir

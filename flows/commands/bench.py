@@ -1,0 +1,84 @@
+"""`vlmforge bench NAME`: measurements run side by side in one process, with a ratio.
+
+- startup: wall time of `vlmforge --help` vs a bare `python -c pass` (ratio = help / bare).
+- rerun:   `vlmforge run` twice on a fresh home (ratio = unchanged second run / first run).
+- generation: batched KV-cache generation vs one prompt at a time (ratio = per-sample / batched).
+- serve:   500 requests at concurrency 8 against `mlflow models serve` (ratio = served / in-process
+  throughput).
+- dask:    shard generation of configs/tiny.yaml's data (10,500 samples) on a Dask LocalCluster of
+  1 vs 2 workers (ratio = 2-worker / 1-worker records/s); see flows/bench/dask_shards.py.
+- loader:  the webdataset loader's samples/s at the recipe's 64 px stage vs the recipe model's
+  training samples/s (ratio = loader / training, goal >= 5); see flows/bench/loader.py.
+- overhead: the platform's training loop vs a bare PyTorch loop, tiny VLM at 64 px (ratio =
+  platform / bare seconds per step; goal <= 1.03); see flows/bench/overhead.py.
+- packing: padding share of the recipe's SFT batches without vs with sequence packing (ratio =
+  unpacked / packed); see flows/bench/packing.py.
+- pixel-shuffle: image tokens and step time with pixel-shuffle factor 1 vs 2 vs 4 (ratio = factor-1
+  / factor-4 step time); see flows/bench/pixel_shuffle.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+BENCHES = ("rerun", "startup", "generation", "serve", "dask", "overhead", "pixel-shuffle", "loader",
+           "packing")
+
+
+def run_bench(name: str, recipe: str, as_json: bool = False,
+              model: str = "models:/vlm-tiny@champion") -> int:
+    if name == "generation":
+        from flows.bench.generation import bench_generation
+
+        result = bench_generation()
+    elif name == "serve":
+        from flows.bench.serving import bench_serve
+
+        result = bench_serve(model)
+    elif name == "dask":
+        from flows.bench.dask_shards import bench_dask
+
+        result = bench_dask(recipe)
+    elif name == "overhead":
+        from flows.bench.overhead import bench_overhead
+
+        result = bench_overhead(recipe_path=recipe)
+    elif name == "packing":
+        from flows.bench.packing import bench_packing
+
+        result = bench_packing(recipe_path=recipe)
+    elif name == "pixel-shuffle":
+        from flows.bench.pixel_shuffle import bench_pixel_shuffle
+
+        result = bench_pixel_shuffle(recipe_path=recipe)
+    elif name == "loader":
+        from flows.bench.loader import bench_loader
+
+        result = bench_loader(recipe)
+    elif name == "startup":
+        from flows.bench.runs import bench_startup
+
+        result = bench_startup()
+    else:
+        from flows.bench.runs import bench_rerun
+
+        result = bench_rerun(recipe)
+    if as_json:
+        print(json.dumps({"bench": name, **result}))
+    else:
+        for k, v in result.items():
+            print(f"{k:<22}{v}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    return run_bench(args.name, args.recipe, as_json=args.json, model=args.model)
+
+
+def add_bench_parser(subparsers) -> None:
+    bench = subparsers.add_parser("bench", help="measurements side by side, each with a ratio")
+    bench.add_argument("name", choices=list(BENCHES))
+    bench.add_argument("--recipe", default="configs/tiny.yaml", help="the recipe measured")
+    bench.add_argument("--model", default="models:/vlm-tiny@champion", help="for serve")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)

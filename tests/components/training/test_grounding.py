@@ -1,0 +1,115 @@
+"""The grounded connector fit: token geometry, phrase targets, the closed-form fit and the
+stage that runs it (steps 0)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from components.data.corpus import generate_samples
+from components.data.shards import write_shard
+from components.model.architectures.idefics3 import assemble_idefics3, build_processor
+from components.recipe import parse_stage
+from components.training.grounding import (
+    QUADRANT_BOXES,
+    fit_connector,
+    phrase_embedding,
+    projection_of,
+    regions,
+    token_boxes,
+    token_targets,
+)
+from components.training.stage import run_stage
+from tests.components.model.helpers import build
+
+QUADRANTS = list(QUADRANT_BOXES.values())
+
+
+def test_token_boxes_follow_the_idefics3_layout():
+    assert token_boxes(0, 0, 2) == QUADRANTS  # unsplit: the global view, row-major
+    split = token_boxes(2, 2, 2)
+    assert len(split) == 2 * 2 * 4 + 4
+    assert split[0] == (0.0, 0.0, 0.25, 0.25)  # tile (0, 0), its first token
+    assert split[4] == (0.5, 0.0, 0.75, 0.25)  # tile (0, 1) starts after tile (0, 0)'s 4 tokens
+    assert split[15] == (0.75, 0.75, 1.0, 1.0)
+    assert split[16:] == QUADRANTS  # then the global view
+
+
+def test_each_token_targets_the_phrase_of_the_region_holding_its_centre(tokenizer):
+    emb = torch.randn(len(tokenizer), 8)
+    record = {"objects": [{"colour": "red", "shape": "circle", "quadrant": "top right"}]}
+    targets = token_targets(regions(record), token_boxes(2, 2, 2), tokenizer, emb)
+    red_circle = emb[tokenizer.encode(" red circle", add_special_tokens=False)].sum(0)
+    assert torch.equal(phrase_embedding(tokenizer, emb, "red circle"), red_circle)
+    occupied = {4, 5, 6, 7, 17}  # tile (0, 1) and the global view's top-right token
+    for i, row in enumerate(targets):
+        assert torch.equal(row, red_circle if i in occupied else torch.zeros(8)), i
+    assert regions({"objects": [{"colour": "red", "shape": "circle"}]}) == []  # no quadrant: no region
+
+
+def _scenes(split: str, n: int):
+    return [(s.images[0], s.record) for s in generate_samples("scenes_caption", 0, split, 0, n, image_size=32)]
+
+
+def test_fit_lands_region_tokens_on_their_phrase_embeddings(backbones, tokenizer):
+    model = assemble_idefics3(*backbones, tokenizer, scale_factor=2)
+    processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "connector" not in k}
+    heldout = _scenes("val", 40)
+    fit = fit_connector(model, processor.image_processor, tokenizer, _scenes("train", 300), 1e-3, heldout)
+    assert (fit.images, fit.tokens) == (300, 1200)
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())  # tower and LM untouched
+
+    # the reported held-out R^2 is the connector's, recomputed here from its outputs
+    emb = model.get_input_embeddings().weight.detach()
+    pixels = processor.image_processor([[im] for im, _ in heldout], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = model.model.connector(model.model.vision_model(pixel_values=pixels.flatten(0, 1)).last_hidden_state)
+    target = torch.stack([token_targets(regions(r), QUADRANTS, tokenizer, emb) for _, r in heldout])
+    r2 = 1 - ((out - target) ** 2).sum() / ((target - target.reshape(-1, emb.shape[1]).mean(0)) ** 2).sum()
+    assert fit.heldout_r2 == pytest.approx(r2.item(), abs=1e-4)
+    assert fit.r2 > 0.6 and fit.heldout_r2 > 0.3
+    # an occupied quadrant's token lies nearer its own target than the background's zero does
+    occupied = target.norm(dim=-1) > 0
+    assert ((out - target).norm(dim=-1)[occupied] < target.norm(dim=-1)[occupied]).float().mean() > 0.75
+
+
+def test_a_connector_without_one_linear_projection_cannot_be_grounded(tokenizer, tmp_path):
+    *_, llava, _ = build("llava", tokenizer, tmp_path)
+    with pytest.raises(ValueError, match="Idefics3-style connector"):
+        projection_of(llava)
+
+
+@pytest.fixture(scope="module")
+def scene_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("grounding-shards")
+    for split, n in (("train", 40), ("val", 8)):
+        write_shard(generate_samples("scenes_caption", 0, split, 0, n, image_size=32),
+                    root / split / "scenes_caption-0000.tar")
+    return root
+
+
+def test_a_ground_connector_stage_fits_and_takes_no_gradient_step(backbones, tokenizer, scene_shards):
+    model = assemble_idefics3(*backbones, tokenizer, scale_factor=2)
+    processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
+    stage = parse_stage(dict(name="ground", kind="pretrain", longest_edge=32, sources=["scenes_caption"],
+                             unfreeze={"vision": "frozen", "connector": "full", "text": "frozen"},
+                             ground_connector={"images": 30, "ridge": 1e-3}, train={"steps": 0}))
+    weight = projection_of(model).weight.clone()
+    run = run_stage(model, processor, stage, scene_shards, seed=0, max_length=256)
+    assert run.result.steps == 0 and run.result.history == []
+    assert (run.grounding.images, run.grounding.tokens) == (30, 120)
+    assert run.grounding.heldout_r2 is not None
+    assert not torch.equal(projection_of(model).weight, weight)
+
+
+def test_only_a_grounding_pretrain_stage_may_take_no_steps():
+    base = dict(name="s", longest_edge=32, sources=["scenes_caption"],
+                unfreeze={"vision": "frozen", "connector": "full", "text": "frozen"})
+    with pytest.raises(ValueError, match="train.steps is 0"):
+        parse_stage(dict(kind="pretrain", train={"steps": 0}, **base))
+    with pytest.raises(ValueError, match="sft.ground_connector"):  # a pretrain-only option
+        parse_stage(dict(kind="sft", ground_connector={}, **base))
+    with pytest.raises(ValueError, match="train.steps is 0"):
+        parse_stage(dict(kind="sft", train={"steps": 0}, **base))
