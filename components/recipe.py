@@ -22,7 +22,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from components.data.params import DataParams
-from components.data.synthetic import SOURCES, TEXT_ONLY_SOURCES
+from components.data.synthetic import SOURCE_TASK, SOURCES, TEXT_ONLY_SOURCES
+from components.model.architectures import ARCHITECTURES
 from components.model.architectures import spec as architecture_spec
 from components.model.spec import UNFREEZE_MODES, ModelSpec
 
@@ -127,9 +128,8 @@ class StageBase(_Strict):
 
     @model_validator(mode="after")
     def _valid_sources(self) -> StageBase:
-        bad = [s for s in self.sources if s not in SOURCES]
-        if bad:
-            raise ValueError(f"stage {self.name!r}: unknown sources {bad}; known: {list(SOURCES)}")
+        if not self.sources:
+            raise ValueError(f"stage {self.name!r}: name at least one source")
         if self.mixture is not None:
             if not self.mixture:
                 raise ValueError(f"stage {self.name!r}: mixture is empty")
@@ -212,8 +212,10 @@ class AlignStage(StageBase):
 
     @model_validator(mode="after")
     def _preference_sources(self) -> AlignStage:
-        if self.sources != ["preference"]:
-            raise ValueError(f"stage {self.name!r}: align trains on ['preference'] only")
+        if self.rejected_from == "model" and self.sources != ["preference"]:
+            raise ValueError(f"stage {self.name!r}: rejected_from: model rewrites the captions of "
+                             "annotated scenes, which only the synthetic 'preference' source has "
+                             f"(got {self.sources}); use rejected_from: data")
         return self
 
 
@@ -271,14 +273,46 @@ class Recipe(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _known_sources(self) -> Recipe:
+        tasks = source_tasks(self.data)
+        for stage in self.stages:
+            bad = [s for s in stage.sources if s not in tasks]
+            if bad:
+                raise ValueError(f"stage {stage.name!r}: unknown sources {bad}; known: synthetic "
+                                 f"{list(SOURCES)} and datasets {list(self.data.datasets)}")
+            if stage.kind == "align":
+                other = [s for s in stage.sources if tasks[s] != ("preference",)]
+                if other:
+                    raise ValueError(f"stage {stage.name!r}: align trains on preference data "
+                                     f"(task 'preference'); {other} are not")
+        return self
+
+    @model_validator(mode="after")
     def _architecture_features(self) -> Recipe:
+        """What a stage asks of the architecture, refused here rather than mid-pipeline."""
         arch = architecture_spec(self.model.architecture)
         for stage in self.stages:
             if getattr(stage, "packing", False) and not arch.supports.packing:
                 raise ValueError(f"stage {stage.name!r}: packing is not supported by architecture "
                                  f"{arch.name!r} (rule: packing needs an architecture whose "
-                                 "spec supports it)")
+                                 "spec supports it: "
+                                 f"{[a for a in ARCHITECTURES if architecture_spec(a).supports.packing]})")
+        edges = sorted({s.longest_edge for s in self.stages})
+        tower = self._tower_size()
+        if not arch.supports.splitting and (len(edges) > 1 or (tower and edges and edges != [tower])):
+            raise ValueError(f"architecture {arch.name!r} has no image splitting: every stage runs "
+                             f"at the vision tower's size{f' ({tower} px)' if tower else ''}; the "
+                             f"stages ask for {edges} (rule: rising resolution needs splitting)")
         return self
+
+    def _tower_size(self) -> int | None:
+        """The vision tower's native size when the recipe defines the tower itself."""
+        m, b = self.model, self.backbones
+        if m.vision == "inline":
+            return (m.vision_inline or {}).get("image_size")
+        if b is not None and m.vision == f"registered:{b.vision.registered_model}":
+            return b.vision.config.get("image_size", 32)  # the tiny tower's default size
+        return None
 
     def stages_of(self, kind: str) -> list[StageBase]:
         return [s for s in self.stages if s.kind == kind]
@@ -286,6 +320,15 @@ class Recipe(_Strict):
     def previous_stage(self, stage: StageBase) -> StageBase | None:
         i = self.stages.index(stage)
         return self.stages[i - 1] if i else None
+
+
+def source_tasks(data: DataParams) -> dict[str, tuple[str, ...]]:
+    """Every source a stage may name, with the tasks of its records: the synthetic families
+    and the recipe's datasets (their format's tasks; empty: any task)."""
+    from components.data.ingest import FORMATS
+
+    return {**{s: (t,) for s, t in SOURCE_TASK.items()},
+            **{name: FORMATS[spec.format].tasks for name, spec in data.datasets.items()}}
 
 
 def load_recipe(path: str | Path) -> Recipe:

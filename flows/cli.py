@@ -8,6 +8,7 @@ import sys
 
 from flows.commands.bench import add_bench_parser
 from flows.commands.evaluate import add_evaluate_parser
+from flows.commands.export import add_export_parser
 from flows.commands.ingest import add_ingest_parser
 from flows.commands.promote import add_promote_parser
 from flows.commands.run import add_run_parsers
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_parsers(sub)
     for add in (add_evaluate_parser, add_ui_parser, add_bench_parser, add_score_parser,
-                add_promote_parser, add_serve_parser, add_schedule_parser, add_ingest_parser):
+                add_promote_parser, add_serve_parser, add_schedule_parser, add_ingest_parser,
+                add_export_parser):
         add(sub)
     return parser
 

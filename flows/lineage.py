@@ -3,6 +3,7 @@ model card of its version; in Prefect a markdown report (a table with the MLflow
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
@@ -35,7 +36,13 @@ def log_data_inputs(data: DataVersion, run_id: str | None = None) -> None:
         registry.log_dataset_input(
             name=path, digest=md5, source=str(Path(data.workspace) / path), run_id=run_id
         )
-    registry.set_tags({"data_version": data.version}, run_id=run_id)
+    registry.set_tags({"data_version": data.version, **dataset_tags(data)}, run_id=run_id)
+
+
+def dataset_tags(data: DataVersion) -> dict[str, str]:
+    """``dataset.<name>`` -> the content hash of each external dataset the data holds: the
+    lineage every run and registered version trained on it carries."""
+    return {f"dataset.{name}": digest for name, digest in sorted(data.datasets.items())}
 
 
 def log_data_stage(recipe: Recipe, data: DataVersion, parent_run_id: str | None) -> str:
@@ -51,6 +58,14 @@ def log_data_stage(recipe: Recipe, data: DataVersion, parent_run_id: str | None)
         report = Path(data.workspace) / "data" / "validation.json"
         if report.exists():
             registry.log_artifact(report)
+        for name in data.datasets:  # each dataset's ingest summary and quarantine report
+            folder = Path(data.workspace) / "data" / "datasets" / name
+            summary = json.loads((folder / "summary.json").read_text())
+            registry.log_metrics({f"dataset_{name}_{k}": float(summary[k]) for k in
+                                  ("read", "accepted", "quarantined", "quarantine_rate", "images_dropped")})
+            registry.log_artifact(folder / "summary.json", f"datasets/{name}")
+            for ledger in ("quarantine.jsonl", "images_quarantined.jsonl"):
+                registry.log_artifact(folder / "quarantine" / ledger, f"datasets/{name}")
     return run_id
 
 

@@ -217,14 +217,20 @@ class VLMPyfunc(mlflow.pyfunc.PythonModel):
     def __init__(self) -> None:
         self.model: Any = None
         self.processor: Any = None
+        self.encoder: Any = None
         self._lock: Any = None  # created on load: locks do not pickle
 
     def load_context(self, context: Any) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        import components.model.fusion  # noqa: F401 - registers SPHINX's fused tower type
+        from components.model.chat import ChatEncoder
+
         path = context.artifacts[HF_ARTIFACT]
         self.processor = AutoProcessor.from_pretrained(path)
         self.model = AutoModelForImageTextToText.from_pretrained(path).eval()
+        # prompts are laid out exactly as in training and evaluation, for every architecture
+        self.encoder = ChatEncoder(self.processor, max_length=MAX_PROMPT_TOKENS)
         self._lock = threading.Lock()
 
     def predict(
@@ -294,25 +300,31 @@ class VLMPyfunc(mlflow.pyfunc.PythonModel):
             if a is not None:
                 messages.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
         with self._lock or threading.Lock():  # fast tokenizers are not thread-safe
-            prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-            inputs = self.processor(text=prompt, images=[[image]], return_tensors="pt")
-        n_tokens = int(inputs["input_ids"].shape[1])
+            encoded = self.encoder.prompt(messages, [image])
+        n_tokens = len(encoded.input_ids)
         limit = self.prompt_limit(max_new_tokens)
         if n_tokens > limit:
             raise RequestError(f"prompt is {n_tokens} tokens, over the limit of {limit} tokens")
-        return inputs
+        return encoded
 
-    def generate(self, inputs: Any, max_new_tokens: int) -> str:
-        """Greedy answer for encoded inputs; only new tokens are decoded."""
+    def generate(self, encoded: Any, max_new_tokens: int) -> str:
+        """Greedy answer for one encoded prompt; only new tokens are decoded."""
         import torch
 
-        # BatchFeature.to casts only floating tensors (pixel values) to the model dtype.
-        inputs = inputs.to(self.model.device, dtype=self.model.dtype)
+        from components.model.chat import collate
+
+        tokenizer = self.encoder.tokenizer
+        batch = collate([encoded], tokenizer.pad_token_id, "left")
+        batch.pop("labels")
+        batch = {k: v.to(self.model.device, dtype=self.model.dtype) if v.is_floating_point()
+                 else v.to(self.model.device) for k, v in batch.items()}
         # One generation at a time: the scoring server calls predict from several threads.
         with self._lock or threading.Lock(), torch.inference_mode():
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            new_tokens = out[:, inputs["input_ids"].shape[1] :]
-            return self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0].strip()
+            out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                      pad_token_id=tokenizer.pad_token_id,
+                                      eos_token_id=tokenizer.eos_token_id)
+            new_tokens = out[:, batch["input_ids"].shape[1] :]
+            return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)[0].strip()
 
     def answer(
         self,

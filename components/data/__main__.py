@@ -42,11 +42,19 @@ def _tokenizer(args: argparse.Namespace) -> dict[str, object]:
 def _validate(args: argparse.Namespace) -> dict[str, object]:
     from pathlib import Path
 
-    from components.data.validation import DataValidationError, validate_manifest_file
+    from components.data.validation import (
+        DataValidationError,
+        dataset_source_tasks,
+        validate_manifest_file,
+    )
 
+    datasets = load_data_params(args.params).datasets if args.params else {}
+    source_tasks = dataset_source_tasks(datasets) if datasets else None
     reports = {}
     for path in sorted(Path(args.shards, "manifests").glob("*.jsonl")):
-        reports[path.stem] = validate_manifest_file(path, path.stem)
+        if datasets and not path.read_text().strip():
+            continue  # a split no source fills (a dataset split by ratio without it)
+        reports[path.stem] = validate_manifest_file(path, path.stem, source_tasks=source_tasks)
     if not reports:
         raise SystemExit(f"no manifests under {args.shards}/manifests")
     Path(args.out).write_text(json.dumps({k: r.to_dict() for k, r in reports.items()}, indent=1))
@@ -87,6 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     tok.set_defaults(run=_tokenizer)
     val = sub.add_parser("validate", help="great_expectations suite on every split's manifest")
     val.add_argument("--shards", required=True, help="folder written by 'generate'")
+    val.add_argument("--params", default=None,
+                     help="params.yaml: its data.datasets' sources and tasks are allowed too")
     val.add_argument("--out", required=True, help="JSON report")
     val.set_defaults(run=_validate)
     grid = sub.add_parser("grid", help="an example grid PNG per source (docs/data)")

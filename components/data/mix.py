@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from components.data.datasets import SPLIT_NAMES
 from components.data.params import SOURCES, DataParams, load_data_params
 
 
@@ -39,37 +40,46 @@ def generate_source(params: DataParams, source: str, out: str | Path,
     return generate_corpus(only_source(params, source), out, workers=workers)
 
 
-def mix_sources(params: DataParams, sources_dir: str | Path, out: str | Path) -> dict[str, Any]:
-    """Copy the used sources' shards into ``out/{split}/`` and write ``out/manifests/{split}.jsonl``."""
+def mix_sources(params: DataParams, sources_dir: str | Path, out: str | Path,
+                datasets_dir: str | Path | None = None) -> dict[str, Any]:
+    """Copy the used sources' shards (then the datasets', by name) into ``out/{split}/`` and
+    write ``out/manifests/{split}.jsonl``."""
     sources_dir, out = Path(sources_dir), Path(out)
     start = time.perf_counter()
     if out.exists():
         shutil.rmtree(out)
     counts: dict[str, dict[str, int]] = {}
-    for split in params.splits:
+    splits = list(params.splits) + [s for s in SPLIT_NAMES if params.datasets and s not in params.splits]
+    for split in splits:
         (out / split).mkdir(parents=True)
         lines: list[str] = []
         counts[split] = {}
-        for source, n in params.counts(split).items():
-            if not n:
-                continue
-            src = sources_dir / source
-            manifest = src / "manifests" / f"{split}.jsonl"
-            if not manifest.exists():
-                raise FileNotFoundError(f"no {split} manifest of source {source!r} under {src}: "
-                                        "is it in params.yaml's `sources` list?")
-            for shard in sorted((src / split).glob(f"{source}-*.tar")):
-                shutil.copyfile(shard, out / split / shard.name)
-            rows = manifest.read_text(encoding="utf-8").splitlines()
-            if len(rows) != n:
+        parts = [(source, sources_dir / source, n) for source, n in
+                 (params.counts(split).items() if split in params.splits else ()) if n]
+        parts += [(name, Path(datasets_dir or "") / name, None) for name in sorted(params.datasets)]
+        for source, src, n in parts:
+            rows = _copy_source(source, src, split, out / split)
+            if n is not None and len(rows) != n:
                 raise ValueError(f"source {source!r} has {len(rows)} {split} samples, params say {n}: "
                                  "re-run its generate stage")
             lines += rows
-            counts[split][source] = n
+            if rows:
+                counts[split][source] = len(rows)
         (out / "manifests").mkdir(exist_ok=True)
         (out / "manifests" / f"{split}.jsonl").write_text(
             "".join(line + "\n" for line in lines), encoding="utf-8")
     return {"out": str(out), "counts": counts, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _copy_source(source: str, src: Path, split: str, dest: Path) -> list[str]:
+    """Copy one source's shards of ``split`` into ``dest``; its manifest rows."""
+    manifest = src / "manifests" / f"{split}.jsonl"
+    if not manifest.exists():
+        raise FileNotFoundError(f"no {split} manifest of source {source!r} under {src}: "
+                                "is it in params.yaml's `sources` (or `data.datasets`)?")
+    for shard in sorted((src / split).glob(f"{source}-*.tar")):
+        shutil.copyfile(shard, dest / shard.name)
+    return manifest.read_text(encoding="utf-8").splitlines()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,12 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     mix.add_argument("--params", required=True)
     mix.add_argument("--sources", required=True, help="folder holding one folder per source")
     mix.add_argument("--out", required=True)
+    mix.add_argument("--datasets", default=None,
+                     help="folder holding one folder per dataset of `data.datasets`")
     args = parser.parse_args(argv)
     params = load_data_params(args.params)
     if args.command == "generate":
         result = generate_source(params, args.source, args.out, args.workers)
     else:
-        result = mix_sources(params, args.sources, args.out)
+        result = mix_sources(params, args.sources, args.out, args.datasets)
     print(json.dumps(result))
 
 

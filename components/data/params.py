@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from components.data.datasets import DATASET_NAME, DatasetSpec
 from components.data.synthetic import EXTRA_SOURCES, SOURCES
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -40,9 +42,22 @@ class DataParams(BaseModel):
     splits: dict[str, dict[str, int]] = Field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SPLITS.items()}
     )
+    # external datasets in public layouts, by name (a DVC ingest stage each; see datasets.py)
+    datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
     # `vlmforge ingest --recipe`: fail when a larger share of the records read is quarantined
     # (not a data-stage parameter: `stage_params` leaves it out of params.yaml)
     max_quarantine_rate: float = Field(0.05, ge=0, le=1)
+
+    @field_validator("datasets")
+    @classmethod
+    def _dataset_names(cls, datasets: dict[str, DatasetSpec]) -> dict[str, DatasetSpec]:
+        for name in datasets:
+            if not re.match(DATASET_NAME, name):
+                raise ValueError(f"dataset name {name!r}: lower-case letters, digits and _, "
+                                 "starting with a letter (it names the dataset's shards)")
+            if name in SOURCES:
+                raise ValueError(f"dataset name {name!r} is a synthetic source's name")
+        return datasets
 
     @field_validator("splits")
     @classmethod

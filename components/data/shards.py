@@ -55,19 +55,28 @@ def write_shard(samples: Iterable[Sample], path: str | Path) -> int:
     The members are exactly what webdataset's `TarWriter(encoder=False, mtime=0)` writes (a
     test compares the bytes), written with the standard library: importing webdataset
     imports torch, seconds of start-up in every data-stage process."""
+    def entries():
+        for sample in samples:
+            entry = sample_to_wds(sample)
+            yield entry.pop("__key__"), entry
+
+    return write_members(entries(), path)
+
+
+def write_members(entries: Iterable[tuple[str, dict[str, bytes]]], path: str | Path) -> int:
+    """Write (key, {ext: bytes}) samples as ``key.ext`` members, in sorted ext order, atomically
+    (written beside ``path``, then renamed); returns the count."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
     with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w|") as tar:
-        for sample in samples:
-            entry = sample_to_wds(sample)
-            key = entry.pop("__key__")
-            for name in sorted(entry):
+        for key, members in entries:
+            for name in sorted(members):
                 info = tarfile.TarInfo(f"{key}.{name}")
-                info.size, info.mtime, info.mode = len(entry[name]), TAR_MTIME, 0o444
+                info.size, info.mtime, info.mode = len(members[name]), TAR_MTIME, 0o444
                 info.uname = info.gname = "bigdata"
-                tar.addfile(info, io.BytesIO(entry[name]))
+                tar.addfile(info, io.BytesIO(members[name]))
             n += 1
     os.replace(tmp, path)
     return n
@@ -87,6 +96,11 @@ def shard_paths(shards_dir: Path, split: str, sources: list[str]) -> list[Path]:
             raise FileNotFoundError(f"no {split} shards for source {source!r} in {shards_dir}")
         paths.extend(found)
     return paths
+
+
+def split_sources(shards_dir: str | Path, split: str) -> list[str]:
+    """The sources (shard stems: synthetic families and datasets) with shards in ``split``."""
+    return sorted({p.name.rsplit("-", 1)[0] for p in (Path(shards_dir) / split).glob("*-*.tar")})
 
 
 def split_shards(shard_dir: str | Path, split: str) -> list[Path]:

@@ -54,6 +54,17 @@ def synthetic_source_tasks() -> dict[str, tuple[str, ...]]:
     return {source: (task,) for source, task in SOURCE_TASK.items()}
 
 
+def dataset_source_tasks(datasets: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """The synthetic sources' tasks plus each dataset's (``data.datasets``: name -> spec with
+    a ``format``): the tasks its format makes, any known task when the record names it."""
+    from components.data.ingest import FORMATS
+
+    out = synthetic_source_tasks()
+    for name, spec in datasets.items():
+        out[name] = FORMATS[spec.format].tasks or known_tasks()
+    return out
+
+
 def known_tasks() -> tuple[str, ...]:
     """Every registered task: the synthetic generators' and the ingest formats'."""
     from components.data.ingest import ingest_tasks

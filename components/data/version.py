@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-SOURCE_OUTS = "data/sources/"  # per-source outputs: mixed into data/shards, so not in `version`
+# per-source and per-dataset outputs: mixed into data/shards, so not in `version`
+MIXED_OUTS = ("data/sources/", "data/datasets/")
 
 
 @dataclass
@@ -24,6 +25,8 @@ class DataVersion:
     version: str  # short hash over the DVC outputs training reads (all but data/sources/*)
     hashes: dict[str, str]  # DVC output path -> md5
     counts: dict[str, dict[str, int]]  # split -> task -> samples
+    # dataset name -> content hash of its inputs (source files and images, DVC's md5s)
+    datasets: dict[str, str] = field(default_factory=dict)
 
     @property
     def shards(self) -> Path:
@@ -38,9 +41,17 @@ def read_version(workspace: Path) -> DataVersion:
     """The data version of a DVC workspace, from its dvc.lock (every stage output's md5)."""
     lock = yaml.safe_load((workspace / "dvc.lock").read_text())
     hashes = {out["path"]: out["md5"] for st in lock["stages"].values() for out in st.get("outs", [])}
-    read = {p: h for p, h in hashes.items() if not p.startswith(SOURCE_OUTS)}
+    read = {p: h for p, h in hashes.items() if not p.startswith(MIXED_OUTS)}
     version = hashlib.sha256(json.dumps(read, sort_keys=True).encode()).hexdigest()[:12]
-    return DataVersion(str(workspace), version, hashes, task_counts(workspace / "data" / "shards" / "manifests"))
+    datasets = {name.removeprefix("ingest@"): _short_hash([d["md5"] for d in st.get("deps", [])
+                                                           if not d["path"].endswith(".py")])
+                for name, st in lock["stages"].items() if name.startswith("ingest@")}
+    return DataVersion(str(workspace), version, hashes,
+                       task_counts(workspace / "data" / "shards" / "manifests"), datasets)
+
+
+def _short_hash(parts: list[str]) -> str:
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def task_counts(manifests: Path) -> dict[str, dict[str, int]]:

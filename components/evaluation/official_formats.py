@@ -370,3 +370,38 @@ def load_mcq_results(path: str | Path) -> dict[Hashable, str]:
         ids.append((index, item_id))
     _unique(ids, "id", source, "result", unit=unit + "s")
     return out
+
+
+@dataclass(frozen=True)
+class PopeQuestion:
+    """One line of a POPE question file (the published layout, e.g. coco_pope_random.json)."""
+
+    question_id: Hashable
+    image: str  # file name in the image folder
+    text: str
+    label: bool  # the object is present ("yes")
+
+
+def load_pope_questions(path: str | Path) -> list[PopeQuestion]:
+    """POPE's JSONL: ``{"question_id", "image", "text", "label": "yes"|"no"}`` per line;
+    errors name the line and the rule."""
+    path = Path(path)
+    rows = _read_jsonl(path)
+    out = []
+    for line, record in rows:
+        where = f"{path}: line {line}"
+        if not isinstance(record, dict):
+            raise FormatError(f"{where}: must be a JSON object")
+        for name in ("question_id", "image", "text", "label"):
+            if name not in record:
+                raise FormatError(f"{where}: missing {name!r}")
+        label = str(record["label"]).strip().lower()
+        if label not in ("yes", "no"):
+            raise FormatError(f"{where}: 'label' must be yes or no, got {record['label']!r}")
+        if not isinstance(record["image"], str) or not isinstance(record["text"], str):
+            raise FormatError(f"{where}: 'image' and 'text' must be strings")
+        out.append(PopeQuestion(record["question_id"], record["image"], record["text"], label == "yes"))
+    _non_empty(out, str(path))
+    _unique(((line, q.question_id) for (line, _), q in zip(rows, out, strict=True)), "question_id",
+            str(path), "question", unit="lines")
+    return out

@@ -208,10 +208,15 @@ def run_synthetic(spec: SuiteSpec, model, encoder, data: DataVersion, *, max_new
     return BenchmarkResult(suite.metrics, suite.rows)
 
 
-def run_pope(spec: SuiteSpec, model, encoder, data: DataVersion, *, max_new_tokens: int,
+def run_pope(spec: SuiteSpec, model, encoder, data: DataVersion | None, *, max_new_tokens: int,
              batch_size: int) -> BenchmarkResult:
+    """POPE on a question file of the published layout over an image folder (`questions` +
+    `images`), else on the data's scenes with random / popular / adversarial negatives."""
     from components.evaluation.pope import evaluate_pope, select_images
 
+    if spec.questions is not None:
+        return _run_pope_file(spec, model, encoder, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size)
     scenes = select_images(_split_samples(data, spec.split), spec.max_images, spec.seed)
     if not scenes:
         raise ValueError(f"data {data.version}: split {spec.split!r} has no scene samples "
@@ -219,6 +224,25 @@ def run_pope(spec: SuiteSpec, model, encoder, data: DataVersion, *, max_new_toke
     suite = evaluate_pope(model, encoder, scenes, samplers=spec.samplers, template=spec.template,
                           seed=spec.seed, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return BenchmarkResult(suite.metrics, suite.rows)
+
+
+def _run_pope_file(spec: SuiteSpec, model, encoder, *, max_new_tokens: int,
+                   batch_size: int) -> BenchmarkResult:
+    from components.data.sample import user_turn
+    from components.evaluation.official_formats import load_pope_questions
+    from components.evaluation.yes_no import is_yes, yes_no_metrics
+
+    questions = load_pope_questions(spec.questions)
+    jobs = [([user_turn(q.text, 1)], q) for q in questions]
+    preds = _generate_chunked(
+        model, encoder, jobs,
+        lambda q: [_load_rgb(Path(spec.images) / q.image, f"question_id {q.question_id!r}")],
+        max_new_tokens=max_new_tokens, batch_size=batch_size)
+    labels = [q.label for q in questions]
+    rows = [{"key": str(q.question_id), "task": "pope", "question": q.text, "prediction": p,
+             "answers": ["yes" if q.label else "no"], "score": float(is_yes(p) == q.label)}
+            for q, p in zip(questions, preds, strict=True)]
+    return BenchmarkResult(yes_no_metrics(preds, labels), rows)
 
 
 def apply_judge(judge: JudgeSpec, rows: list[dict], cache_dir: str | Path) -> dict[str, float]:
@@ -259,7 +283,7 @@ def run_benchmark(spec: SuiteSpec, model, encoder, data: DataVersion | None, *,
     kw = {"max_new_tokens": spec.max_new_tokens or (4 if spec.kind == "pope" else max_new_tokens),
           "batch_size": batch_size}
     if spec.kind in DATA_SUITES:
-        if data is None:
+        if data is None and spec.needs_data:
             raise ValueError(f"a {spec.kind} suite needs the recipe's data")
         result = RUNNERS[spec.kind](spec, model, encoder, data, **kw)
     else:

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SUITE_KINDS: tuple[str, ...] = ("synthetic", "pope", "vqa", "caption", "mcq")  # runners.RUNNERS
-DATA_SUITES: tuple[str, ...] = ("synthetic", "pope")  # kinds that read the recipe's data version
+DATA_SUITES: tuple[str, ...] = ("synthetic", "pope")  # kinds that may read the recipe's data
 DEFAULT_SUITE = "synthetic"
 POPE_SAMPLERS: tuple[str, ...] = ("random", "popular", "adversarial")  # components.evaluation.pope
 POPE_TEMPLATE = "Is there {object} in the image?"
@@ -63,7 +63,9 @@ class SuiteSpec(_Strict):
     template: str = POPE_TEMPLATE
     max_images: int | None = Field(None, gt=0)  # pope: scene images used (None: all)
     annotations: str | None = None  # vqa: VQAv2/OK-VQA/TextVQA; caption: COCO captions
-    questions: str | None = None  # vqa: VQAv2 questions file (TextVQA carries its questions)
+    # vqa: VQAv2 questions file (TextVQA carries its questions); pope: a POPE question file
+    # (JSONL: question_id, image, text, label) over `images`
+    questions: str | None = None
     items: str | None = None  # mcq: items JSONL
     images: str | None = None  # vqa/caption: the image folder
     image_file: str = "{image_id}.jpg"  # name of an image in `images` (COCO: its file_name)
@@ -76,6 +78,8 @@ class SuiteSpec(_Strict):
     def _files_for_kind(self) -> SuiteSpec:
         needs = {"vqa": ("annotations", "images"), "caption": ("annotations", "images"),
                  "mcq": ("items",)}.get(self.kind, ())
+        if self.kind == "pope" and (self.questions is None) != (self.images is None):
+            raise ValueError("a POPE file suite needs both questions and images")
         missing = [f for f in needs if getattr(self, f) is None]
         if missing:
             raise ValueError(f"a {self.kind} suite needs {', '.join(missing)}")
@@ -84,6 +88,11 @@ class SuiteSpec(_Strict):
         if self.shots and self.kind != "synthetic":
             raise ValueError("shots apply to synthetic suites only")
         return self
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether the suite reads the recipe's data version (POPE does without a file)."""
+        return self.kind == "synthetic" or (self.kind == "pope" and self.questions is None)
 
     def resolve_paths(self, base: Path) -> SuiteSpec:
         """The spec with relative file paths made absolute against ``base``."""

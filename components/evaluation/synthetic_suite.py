@@ -42,7 +42,8 @@ def score_predictions(samples: Sequence[Sample], predictions: Sequence[str]) -> 
             if "objects" in rec:
                 caption_objects.append((pred, rec["objects"]))
         else:
-            per_group[f"vqa_{qtype}" if task == "vqa" else task].append(score)
+            # VQA by question type (synthetic) or by source (a dataset's questions)
+            per_group[f"vqa_{qtype or rec['source']}" if task == "vqa" else task].append(score)
             if task == "text" and "kind" in rec:
                 per_group[f"text_{rec['kind']}"].append(score)
         if qtype == "existence":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -28,6 +28,23 @@ from transformers import (
 )
 
 BackboneSpec = str | Path | dict[str, Any]
+
+# What this project's own towers are trained with (pixels in [0, 1] -> [-1, 1]), and what a
+# tower saved without an image processor config is assumed to expect.
+IMAGE_MEAN: tuple[float, ...] = (0.5, 0.5, 0.5)
+IMAGE_STD: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+
+class ImageStats(NamedTuple):
+    """Per-channel mean and std a vision tower's pixels are normalised with (after /255)."""
+
+    mean: tuple[float, ...] = IMAGE_MEAN
+    std: tuple[float, ...] = IMAGE_STD
+
+    @classmethod
+    def of(cls, image_processor) -> ImageStats:
+        """The stats an image processor normalises with (a saved VLM's processor carries them)."""
+        return cls(tuple(image_processor.image_mean), tuple(image_processor.image_std))
 
 
 def tiny_vision_config(**overrides: Any) -> SiglipVisionConfig:
@@ -84,6 +101,18 @@ def _is_inline(spec: BackboneSpec) -> bool:
     return isinstance(spec, dict)
 
 
+def _from_pretrained_whole(cls, spec: BackboneSpec) -> PreTrainedModel:
+    """``cls.from_pretrained``, refusing a checkpoint that leaves any weight of ``cls`` missing:
+    transformers would initialise it at random and only log it (e.g. a dual-tower checkpoint
+    whose vision names do not map onto the tower class, or an LM saved without its head).
+    Tied weights stored once are not missing."""
+    model, info = cls.from_pretrained(str(spec), output_loading_info=True)
+    if info["missing_keys"]:
+        raise ValueError(f"{spec}: weights missing for {type(model).__name__}: "
+                         f"{sorted(info['missing_keys'])[:5]}")
+    return model
+
+
 def load_vision_backbone(spec: BackboneSpec) -> PreTrainedModel:
     """Vision tower from a hub id / directory (vision part of a CLIP/SigLIP checkpoint too) or
     a config (SigLIP; CLIP with ``model_type: clip_vision_model``)."""
@@ -96,8 +125,22 @@ def load_vision_backbone(spec: BackboneSpec) -> PreTrainedModel:
     if getattr(config, "vision_config", None) is not None and not config.model_type.endswith("vision_model"):
         # A dual-tower checkpoint (e.g. google/siglip-base-patch16-512): keep the vision tower.
         tower = CLIPVisionModel if config.model_type == "clip" else SiglipVisionModel
-        return tower.from_pretrained(str(spec))
-    return AutoModel.from_pretrained(str(spec))
+        return _from_pretrained_whole(tower, spec)
+    return _from_pretrained_whole(AutoModel, spec)
+
+
+def vision_image_stats(spec: BackboneSpec) -> ImageStats:
+    """The normalisation a vision backbone expects: its own image processor's mean/std when one
+    is saved with it (CLIP's OpenAI stats, DINOv2's ImageNet stats), else 0.5/0.5 (inline
+    towers and towers saved without ``preprocessor_config.json``)."""
+    if _is_inline(spec):
+        return ImageStats()
+    from transformers import AutoImageProcessor
+
+    try:
+        return ImageStats.of(AutoImageProcessor.from_pretrained(str(spec)))
+    except (OSError, ValueError, AttributeError):  # no (usable) image processor saved with it
+        return ImageStats()
 
 
 def load_text_backbone(spec: BackboneSpec, vocab_size: int | None = None) -> PreTrainedModel:
@@ -106,7 +149,7 @@ def load_text_backbone(spec: BackboneSpec, vocab_size: int | None = None) -> Pre
         if vocab_size is None:
             raise ValueError("an inline LM config needs the tokenizer's vocab_size")
         return LlamaForCausalLM(tiny_lm_config(vocab_size, **spec))
-    return AutoModelForCausalLM.from_pretrained(str(spec))
+    return _from_pretrained_whole(AutoModelForCausalLM, spec)
 
 
 def backbone_class(config) -> type[PreTrainedModel]:
@@ -131,7 +174,10 @@ def meta_backbone(path: str | Path) -> PreTrainedModel:
         return cls(config)
 
 
-def images_to_tensor(images: Sequence[Image.Image], size: int) -> torch.Tensor:
-    """Resize to `size` x `size` and normalise to [-1, 1] (the VLM processor's mean/std of 0.5)."""
+def images_to_tensor(images: Sequence[Image.Image], size: int, mean: Sequence[float] = IMAGE_MEAN,
+                     std: Sequence[float] = IMAGE_STD) -> torch.Tensor:
+    """Resize to `size` x `size` and normalise as the VLM's processor does: (x/255 - mean) / std
+    per channel (the defaults map to [-1, 1], what this project's own towers are trained on)."""
     arr = np.stack([np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC)) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    pixels = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255.0)
+    return (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]

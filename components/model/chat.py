@@ -1,17 +1,26 @@
 """Turn chat samples into model batches: image tokens, assistant-only labels, padding.
 
 Image tokens are never truncated: a sample longer than `max_length` is dropped and
-counted by the caller (see `encode_chat` returning None).
+counted by the caller (see `encode_chat` returning None). Image tokens are never labels
+either, in any layout: an assistant turn may hold images (an interleaved document is one
+assistant message of texts and images), and the placeholders the processor expands them
+into are inputs, not text to predict.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 IGNORE = -100
+# the tokens processors expand an image into (Idefics3 tiles, Idefics2, LLaVA, Idefics)
+IMAGE_PLACEHOLDERS = ("<image>", "<fake_token_around_image>", "<global-img>",
+                      *(f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)))
+_PROCESSOR_TOKENS = ("image_token", "fake_image_token", "global_image_tag", "global_image_token")
 
 
 def find_subsequence(seq: list[int], sub: list[int], start: int = 0) -> int:
@@ -36,6 +45,31 @@ def assistant_mask(input_ids: list[int], header_ids: list[int], end_id: int) -> 
             i += 1
         pos = find_subsequence(input_ids, header_ids, i)
     return mask
+
+
+def placeholder_ids(processor, tokenizer) -> frozenset[int]:
+    """Ids of the image placeholder tokens in ``tokenizer``: the known names plus the
+    processor's own (looked up in the vocabulary, so an absent name never maps to unk)."""
+    names = set(IMAGE_PLACEHOLDERS)
+    for attr in _PROCESSOR_TOKENS:
+        value = getattr(processor, attr, None)
+        value = getattr(value, "content", value)  # an AddedToken
+        if isinstance(value, str):
+            names.add(value)
+    vocab = tokenizer.get_vocab()
+    return frozenset(vocab[n] for n in names if n in vocab)
+
+
+def image_positions(input_ids: list[int], image_ids: frozenset[int],
+                    blank: Callable[[int], bool]) -> list[bool]:
+    """True on every image placeholder token and on the blank tokens between two of them
+    (the line breaks Idefics3 puts between tile rows), i.e. on the whole expansion."""
+    out = [t in image_ids for t in input_ids]
+    hits = [i for i, is_image in enumerate(out) if is_image]
+    for a, b in itertools.pairwise(hits):
+        if b > a + 1 and all(blank(t) for t in input_ids[a + 1 : b]):
+            out[a + 1 : b] = [True] * (b - a - 1)
+    return out
 
 
 @dataclass
@@ -74,6 +108,19 @@ class ChatEncoder:
         # IdeficsProcessor drops its chat template on reload; the tokenizer keeps the same one
         self._templater = processor if getattr(processor, "chat_template", None) else self.tokenizer
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<image>")
+        self.placeholder_ids = placeholder_ids(processor, self.tokenizer)
+        self._blank: dict[int, bool] = {}
+
+    def _is_blank(self, token_id: int) -> bool:
+        if token_id not in self._blank:
+            self._blank[token_id] = not self.tokenizer.decode([token_id]).strip()
+        return self._blank[token_id]
+
+    def labels(self, ids: list[int]) -> list[int]:
+        """Assistant tokens, less the image placeholders (and row breaks) inside them."""
+        mask = assistant_mask(ids, self.header_ids, self.end_id)
+        image = image_positions(ids, self.placeholder_ids, self._is_blank)
+        return [t if m and not im else IGNORE for t, m, im in zip(ids, mask, image, strict=True)]
 
     def tokenize(self, text: str, images: list[Image.Image]) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
         if self.layout == "cross":  # the template already placed one <image> per image
@@ -99,9 +146,7 @@ class ChatEncoder:
         ids, pixels, pmask = self.tokenize(text, images)
         if len(ids) > self.max_length:
             return None
-        mask = assistant_mask(ids, self.header_ids, self.end_id)
-        labels = [t if m else IGNORE for t, m in zip(ids, mask, strict=True)]
-        return self._encoded(ids, labels, pixels, pmask)
+        return self._encoded(ids, self.labels(ids), pixels, pmask)
 
     def encode_with_answer(self, messages: list[dict], images: list[Image.Image], answer: str) -> Encoded | None:
         """Prompt `messages` plus one assistant `answer` (for preference pairs)."""

@@ -6,7 +6,9 @@ of this project, `FusedVisionModel` (a `PreTrainedModel` with its own config typ
 LLaVA uses as its `vision_tower` (LLaVA builds its tower with `AutoModel.from_config`). Its
 output at each patch of the primary tower's grid is [primary | secondary] features; the
 secondary tower's patch grid is resized bilinearly to the primary's (its CLS/register
-tokens dropped), and it sees the image at its own resolution and normalisation.
+tokens dropped), and it sees the image at its own resolution and normalisation: the pixels
+arrive normalised for the primary tower (``primary_mean``/``primary_std``, 0.5 when unset)
+and are renormalised with the secondary's stats when it has its own.
 
 Limit: a saved fused model is *not* loadable by transformers alone: `import
 components.model.fusion` first (it registers the config/model types with the Auto
@@ -28,6 +30,7 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from components.model.architectures.llava import assemble_llava
+from components.model.backbones import IMAGE_MEAN, IMAGE_STD
 from components.model.common import copy_exact
 
 
@@ -40,7 +43,10 @@ class FusedVisionConfig(PreTrainedConfig):
 
     primary_config: dict | PreTrainedConfig | None = None
     secondary_config: dict | PreTrainedConfig | None = None
-    # the primary tower's pixels are normalised with mean = std = 0.5; the secondary's stats
+    # the stats the pixels arrive normalised with (the primary tower's; None: 0.5) and the
+    # secondary's own (None: it takes the primary's pixels as they are)
+    primary_mean: list[float] | None = None
+    primary_std: list[float] | None = None
     secondary_mean: list[float] | None = None
     secondary_std: list[float] | None = None
     hidden_size: int = 0
@@ -75,9 +81,12 @@ class FusedVisionModel(PreTrainedModel):
             pixel_values = nn.functional.interpolate(pixel_values, size=(size, size), mode="bilinear",
                                                      align_corners=False)
         if self.config.secondary_mean is not None:
-            mean = pixel_values.new_tensor(self.config.secondary_mean)[:, None, None]
-            std = pixel_values.new_tensor(self.config.secondary_std)[:, None, None]
-            pixel_values = ((pixel_values * 0.5 + 0.5) - mean) / std
+            c = self.config
+            p_mean = pixel_values.new_tensor(c.primary_mean or IMAGE_MEAN)[:, None, None]
+            p_std = pixel_values.new_tensor(c.primary_std or IMAGE_STD)[:, None, None]
+            mean = pixel_values.new_tensor(c.secondary_mean)[:, None, None]
+            std = pixel_values.new_tensor(c.secondary_std)[:, None, None]
+            pixel_values = ((pixel_values * p_std + p_mean) - mean) / std
         return pixel_values
 
     def forward(self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None,
@@ -103,10 +112,13 @@ AutoModel.register(FusedVisionConfig, FusedVisionModel, exist_ok=True)
 
 def fuse_towers(primary: PreTrainedModel, secondary: PreTrainedModel,
                 secondary_mean: list[float] | None = None,
-                secondary_std: list[float] | None = None) -> FusedVisionModel:
+                secondary_std: list[float] | None = None, *,
+                primary_mean: list[float] | None = None,
+                primary_std: list[float] | None = None) -> FusedVisionModel:
     """One vision model whose weights are exactly the two towers'."""
     config = FusedVisionConfig(primary_config=primary.config.to_dict(),
                                secondary_config=secondary.config.to_dict(),
+                               primary_mean=primary_mean, primary_std=primary_std,
                                secondary_mean=secondary_mean, secondary_std=secondary_std)
     fused = FusedVisionModel(config)
     copy_exact(fused.primary, primary.state_dict(), "primary tower")
@@ -117,9 +129,13 @@ def fuse_towers(primary: PreTrainedModel, secondary: PreTrainedModel,
 def assemble_sphinx_llava(primary: PreTrainedModel, secondary: PreTrainedModel, lm: PreTrainedModel,
                           tokenizer: PreTrainedTokenizerBase, *, seed: int = 0,
                           secondary_mean: list[float] | None = None,
-                          secondary_std: list[float] | None = None):
-    """LLaVA over the fused towers: the projector reads hidden_a + hidden_b channels per patch."""
-    fused = fuse_towers(primary, secondary, secondary_mean, secondary_std)
+                          secondary_std: list[float] | None = None,
+                          primary_mean: list[float] | None = None,
+                          primary_std: list[float] | None = None):
+    """LLaVA over the fused towers: the projector reads hidden_a + hidden_b channels per patch
+    (pixels normalised with ``primary_mean``/``primary_std``, the LLaVA processor's stats)."""
+    fused = fuse_towers(primary, secondary, secondary_mean, secondary_std,
+                        primary_mean=primary_mean, primary_std=primary_std)
     return assemble_llava(fused, lm, tokenizer, seed=seed)
 
 

@@ -25,7 +25,8 @@ from transformers import (
 )
 
 from components.data.sample import message_text
-from components.data.shards import read_samples, shard_paths
+from components.data.shards import read_samples, shard_paths, split_sources
+from components.data.synthetic import SOURCES
 from components.data.synthetic.preference import hard_negative
 from components.data.synthetic.scene import Scene, SceneObject, caption
 from components.model.backbones import images_to_tensor
@@ -170,26 +171,42 @@ def train_language_model(
     return train(model, batches, settings, on_log=on_log, seed=seed)
 
 
+PAIR_SOURCES = ("scenes_caption", "scenes_vqa", "ocr")  # synthetic sources with image texts
+CHAT_SOURCES = ("scenes_caption", "scenes_vqa", "ocr", "text")  # the LM's synthetic corpus
+
+
+def _sources(shards: Path, split: str, synthetic: tuple[str, ...]) -> list[str]:
+    """``synthetic`` sources present in ``split``, then the recipe's datasets (shard stems
+    that are no synthetic family), each in a fixed order."""
+    present = split_sources(shards, split)
+    return [s for s in synthetic if s in present] + [s for s in present if s not in SOURCES]
+
+
 def image_caption_pairs(shards: Path, split: str, seed: int = 0):
     """(image, caption, hard negative) triples: scenes with their canonical caption and a
-    binding-swapped or hallucinated one; OCR images with their text and its reversal."""
+    binding-swapped or hallucinated one; OCR images with their text and its reversal; a
+    dataset's captioned images with the caption's words in reverse order."""
     rng = random.Random(seed)
     triples = []
-    for s in read_samples(shard_paths(shards, split, ["scenes_caption", "scenes_vqa", "ocr"])):
+    sources = _sources(shards, split, PAIR_SOURCES)
+    for s in read_samples(shard_paths(shards, split, sources) if sources else []):
         rec = s.record
         if "objects" in rec:
             scene = Scene(tuple(SceneObject(**o) for o in rec["objects"]), (0, 0, 0))
             triples.append((s.images[0], caption(scene.objects), caption(hard_negative(scene, rng))))
-        else:
+        elif rec["task"] == "ocr":
             text = rec["answers"][0]
             triples.append((s.images[0], text, text[::-1]))
+        elif rec["task"] == "caption" and len(s.images) == 1 and rec.get("answers"):
+            text = rec["answers"][0]
+            triples.append((s.images[0], text, " ".join(reversed(text.split()))))
     return triples
 
 
 def corpus_chat_texts(shards: Path, tokenizer) -> list[str]:
     """Every training conversation rendered with the chat template, images left out."""
     texts = []
-    for s in read_samples(shard_paths(shards, "train", ["scenes_caption", "scenes_vqa", "ocr", "text"])):
+    for s in read_samples(shard_paths(shards, "train", _sources(shards, "train", CHAT_SOURCES))):
         messages = [{"role": m["role"], "content": message_text(m)} for m in s.record["messages"]]
         texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
     return texts

@@ -65,10 +65,9 @@ def evaluate_command(recipe, data, args: argparse.Namespace) -> int:
     except (ValueError, LookupError) as exc:
         print(f"vlmforge evaluate: error: {exc}", file=sys.stderr)
         return 2
-    suites = args.suites or [DEFAULT_SUITE]
-    out = evaluate_flow(recipe, version, data, force=args.force, suites=suites,
+    out = evaluate_flow(recipe, version, data, force=args.force, suites=args.suites,
                         suite_specs=specs, model_name=name)
-    print(format_outcome(name, out, DEFAULT_SUITE in suites))
+    print(format_outcome(name, out, not args.suites or DEFAULT_SUITE in args.suites))
     return 0
 
 
@@ -105,8 +104,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--model", help="version number or models:/<name>[/<v>|@<alias>] "
                                         "(default: the recipe's latest trained version)")
     parser.add_argument("--suite", action="append", dest="suites", metavar="NAME",
-                        help="synthetic (default: held-out suite + promotion gate), pope, or a "
-                             "suite of --suite-config / the recipe; repeatable")
+                        help="synthetic (the held-out suite + promotion gate), pope, or a suite of "
+                             "--suite-config / the recipe; repeatable (default: synthetic and "
+                             "every suite of the recipe)")
     parser.add_argument("--suite-config", metavar="YAML",
                         help="named suites: {name: {kind: synthetic|pope|vqa|caption|mcq, ...}}")
     return parser

@@ -15,7 +15,8 @@ import sys
 from typing import Any
 
 SUMMARY_KEYS = ("format", "read", "accepted", "quarantined", "rules", "quarantine_rate",
-                "max_quarantine_rate", "validation", "shards", "out", "seconds")
+                "max_quarantine_rate", "images_dropped", "images_dropped_rules", "validation",
+                "shards", "out", "seconds")
 
 
 class _RunFailed(Exception):
@@ -78,10 +79,11 @@ def log_ingest(summary: dict[str, Any], args: argparse.Namespace, error: Excepti
                                  "min_side": args.min_side, "max_side": args.max_side,
                                  "max_text_chars": args.max_text_chars})
             metrics = {k: summary[k] for k in ("read", "accepted", "quarantined",
-                                               "quarantine_rate")}
+                                               "quarantine_rate", "images_dropped")}
             metrics.update({f"quarantined_{rule}": n for rule, n in summary["rules"].items()})
             registry.log_metrics(metrics)
-            for name in ("summary.json", "validation.json", "quarantine/quarantine.jsonl"):
+            for name in ("summary.json", "validation.json", "quarantine/quarantine.jsonl",
+                         "quarantine/images_quarantined.jsonl"):
                 if (out / name).exists():
                     registry.log_artifact(out / name)
             if error is not None:

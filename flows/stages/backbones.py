@@ -30,7 +30,7 @@ from components.training.backbones import (
     train_vision_tower,
     zero_shot_accuracy,
 )
-from flows.lineage import StepLogger, git_sha, log_data_inputs
+from flows.lineage import StepLogger, dataset_tags, git_sha, log_data_inputs
 
 
 @dataclass
@@ -67,7 +67,7 @@ def _register(spec, key: str, data: DataVersion, run_id: str, metrics: dict[str,
         version = registry.register_hf_model(
             Path(tmp), spec.registered_model, run_id=run_id,
             tags={"cache_key": key, "data_version": data.version, "git_sha": git_sha(),
-                  "stage": "backbones"})
+                  "stage": "backbones", **dataset_tags(data)})
     return BackboneOutcome(spec.registered_model, version, run_id, False, metrics["seconds"],
                            trainable, metrics)
 
@@ -85,6 +85,9 @@ def vision_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, fo
     config = SiglipConfig(text_config=tiny_text_tower_config(len(tokenizer), **spec.text_tower).to_dict(),
                           vision_config=tiny_vision_config(**spec.config).to_dict())
     triples = image_caption_pairs(data.shards, "train", recipe.seed)
+    if not triples:
+        raise ValueError(f"{spec.registered_model}: no image-caption pairs in the train split: the "
+                         "tiny vision tower trains on captions (a synthetic source or a caption dataset)")
     with registry.start_run(spec.registered_model, parent_run_id=parent_run_id,
                             tags={"stage": "backbones", "backbone": "vision"}) as run_id:
         log_data_inputs(data, run_id)
@@ -96,11 +99,12 @@ def vision_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, fo
         test = image_caption_pairs(data.shards, "test")[:200]
         test_caps = [c for _, c, _ in test]
         metrics = {
-            "zero_shot_caption_retrieval": zero_shot_accuracy(
-                dual, [i for i, _, _ in test], test_caps, sorted(set(test_caps)), tokenizer),
             "loss_first": result.mean_loss(first=True), "loss_last": result.mean_loss(first=False),
             "seconds": time.perf_counter() - start,
         }
+        if test:
+            metrics["zero_shot_caption_retrieval"] = zero_shot_accuracy(
+                dual, [i for i, _, _ in test], test_caps, sorted(set(test_caps)), tokenizer)
         registry.log_params({"pairs": len(triples)})
         return _register(spec, key, data, run_id, metrics, vision)
 

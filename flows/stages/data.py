@@ -43,12 +43,20 @@ def current_data(recipe: Recipe) -> DataVersion:
     return read_version(ws)
 
 
-def render_dvc_yaml(source: Path = PROJECT_ROOT / "dvc.yaml") -> str:
-    """The project's dvc.yaml with code dependencies pointing into the project."""
+def render_dvc_yaml(source: Path = PROJECT_ROOT / "dvc.yaml", *, synthetic: bool = True,
+                    datasets: bool = False) -> str:
+    """The project's dvc.yaml with code dependencies pointing into the project; the mix stage
+    depends on the synthetic sources' shards only when there are some, and on the datasets'
+    ingested shards when there are some."""
     spec = yaml.safe_load(source.read_text())
     for entry in spec["stages"].values():
         stage = entry.get("do", entry)  # a foreach stage's template
         stage["deps"] = [p for d in stage.get("deps", []) for p in _code_deps(d)]
+    mix = spec["stages"]["shards"]["deps"]
+    if not synthetic:
+        mix.remove("data/sources")
+    if datasets:
+        mix.insert(0, "data/datasets")
     return yaml.safe_dump(spec, sort_keys=False)
 
 
@@ -67,8 +75,12 @@ def prepare_workspace(recipe: Recipe) -> Path:
     if not (ws / ".dvc").exists():
         _dvc(ws, "init", "--no-scm", "--quiet")
         _dvc(ws, "config", "core.analytics", "false")
-    _write_if_changed(ws / "dvc.yaml", render_dvc_yaml())
-    params = {"data": recipe.data.stage_params(), "sources": used_sources(recipe.data)}
+    _write_if_changed(ws / "dvc.yaml", render_dvc_yaml(synthetic=bool(used_sources(recipe.data)),
+                                                        datasets=bool(recipe.data.datasets)))
+    data = recipe.data.stage_params()
+    data["datasets"] = {name: spec.resolved(Path.cwd()).model_dump(mode="json")
+                        for name, spec in recipe.data.datasets.items()}
+    params = {"data": data, "sources": used_sources(recipe.data)}
     _write_if_changed(ws / "params.yaml", yaml.safe_dump(params, sort_keys=True))
     return ws
 

@@ -180,7 +180,7 @@ def evaluate_benchmark(recipe: Recipe, suite: str, spec: SuiteSpec, model_name: 
     with registry.start_run(f"evaluate-{suite}", parent_run_id=parent_run_id,
                             tags={"stage": "evaluate", "model_version": version,
                                   "suite": suite}) as run_id:
-        if data is not None and spec.kind in ("synthetic", "pope"):
+        if data is not None and spec.needs_data:
             log_data_inputs(data, run_id)
         registry.log_params({"suite": {"name": suite, **spec.model_dump(mode="json")},
                              "model": f"models:/{model_name}/{version}"})
@@ -213,11 +213,13 @@ def evaluate_flow(recipe: Recipe, version: str, data: DataVersion | None,
                   suites: list[str] | None = None,
                   suite_specs: dict[str, SuiteSpec] | None = None,
                   model_name: str | None = None) -> EvalOutcome:
-    """Score `version` on ``suites`` (default: the held-out synthetic suite); when the default
-    suite is among them, gate the version against the champion."""
+    """Score `version` on ``suites`` (default: the held-out synthetic suite and every suite the
+    recipe's ``evaluate.suites`` declares); when the default suite is among them, gate the
+    version against the champion (its primary metric may be any suite's score)."""
     logger = get_run_logger()
     name = model_name or recipe.registered_model
-    specs = resolve_suites(suites, {**recipe_suites(recipe), **(suite_specs or {})})
+    declared = recipe_suites(recipe)
+    specs = resolve_suites(suites or [DEFAULT_SUITE, *declared], {**declared, **(suite_specs or {})})
     outcome: EvalOutcome | None = None
     if DEFAULT_SUITE in specs:
         if data is None:

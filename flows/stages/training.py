@@ -17,8 +17,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 import registry
-from components.data.shards import read_samples, sample_images, shard_paths
-from components.data.synthetic import TEXT_ONLY_SOURCES
+from components.data.shards import read_samples, sample_images, shard_paths, split_sources
+from components.data.synthetic import SOURCES, TEXT_ONLY_SOURCES
 from components.data.version import DataVersion
 from components.evaluation.synthetic_suite import evaluate_suite
 from components.model.build import build_stage_model, save_vlm
@@ -29,6 +29,7 @@ from components.training.stage import run_stage
 from flows.environment import vlmforge_home
 from flows.lineage import (
     StepLogger,
+    dataset_tags,
     git_sha,
     log_data_inputs,
     log_predictions,
@@ -57,10 +58,16 @@ class StageOutcome:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+QUICK_EVAL_SOURCES = ("scenes_vqa", "ocr", "text", "scenes_caption")  # first, when present
+
+
 def quick_eval_samples(data: DataVersion, size: int = QUICK_EVAL_SIZE) -> list:
-    """A fixed held-out slice of every test source, interleaved so each task is represented."""
-    per_source = [list(read_samples(shard_paths(data.shards, "test", [s])))
-                  for s in ("scenes_vqa", "ocr", "text", "scenes_caption")]
+    """A fixed held-out slice of every test source, interleaved so each task is represented
+    (the default corpus's question, OCR, text and caption sources first, then datasets)."""
+    present = split_sources(data.shards, "test")
+    sources = [s for s in QUICK_EVAL_SOURCES if s in present]
+    sources += [s for s in present if s not in QUICK_EVAL_SOURCES and s not in SOURCES]
+    per_source = [list(read_samples(shard_paths(data.shards, "test", [s]))) for s in sources]
     out, i = [], 0
     while len(out) < size and any(i < len(p) for p in per_source):
         out.extend(p[i] for p in per_source if i < len(p))
@@ -177,7 +184,7 @@ def train_stage(recipe: Recipe, stage: StageBase, data: DataVersion, backbones: 
                 Path(tmp), recipe.registered_model, run_id=run_id,
                 tags={"stage": stage.name, "kind": stage.kind, "data_version": data.version,
                       "git_sha": git_sha(), "parent_version": parent, "cache_key": key,
-                      "recipe": recipe.name},
+                      "recipe": recipe.name, **dataset_tags(data)},
                 description=f"{recipe.name} after stage {stage.name}")
         publish_model_card(recipe, version)
     shutil.rmtree(checkpoint_dir(recipe, stage, key), ignore_errors=True)  # registered: not needed

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from components.recipe import load_recipe
+from components.recipe import Recipe, load_recipe
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -135,3 +135,19 @@ def test_backbones_always_take_gradient_steps():
 
     with pytest.raises(ValueError, match="backbones.text.train.steps"):
         Backbones(text={"train": {"steps": 0}})
+
+
+def test_align_accepts_any_preference_data_and_model_rejections_where_they_apply():
+    raw = yaml.safe_load((CONFIGS / "micro.yaml").read_text())
+    raw["data"]["datasets"] = {"rlaif": {"format": "trl-preference", "source": "prefs.jsonl"},
+                               "coco": {"format": "coco-captions", "source": "captions.json"}}
+    align = raw["stages"][-1]
+    for sources in (["preference_hallucination"], ["rlaif"], ["preference", "rlaif"]):
+        raw["stages"][-1] = {**align, "sources": sources}
+        assert Recipe.model_validate(raw).stages[-1].sources == sources
+    raw["stages"][-1] = {**align, "sources": ["coco"]}
+    with pytest.raises(ValidationError, match=r"align trains on preference data .*\['coco'\]"):
+        Recipe.model_validate(raw)
+    raw["stages"][-1] = {**align, "sources": ["preference_hallucination"], "rejected_from": "model"}
+    with pytest.raises(ValidationError, match="only the synthetic 'preference' source"):
+        Recipe.model_validate(raw)

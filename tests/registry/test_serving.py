@@ -162,6 +162,65 @@ def test_model_server_answers_and_rejects_bad_requests(home: Path, model_name: s
     assert proc.poll() is not None
 
 
+def _sphinx_dir(tokenizer, tmp_path: Path) -> Path:
+    """LLaVA fused with a DINOv2 tower (SPHINX), assembled through the recipe factory."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    from components.model.build import build_stage_model, save_vlm
+    from components.model.spec import ModelSpec
+    from tests.components.model.helpers import SCHEDULES, saved_backbones
+
+    saved_backbones("llava", len(tokenizer), tmp_path)
+    tokenizer.save_pretrained(tmp_path / "lm")
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                             image_size=28, patch_size=14)).save_pretrained(tmp_path / "dino")
+    spec = ModelSpec(architecture="llava", vision=str(tmp_path / "vision"),
+                     text=str(tmp_path / "lm"), fusion_vision=str(tmp_path / "dino"))
+    model, processor, _ = build_stage_model(spec, seed=0, parent_dir=None, registered={},
+                                            longest_edge=32, unfreeze=SCHEDULES["llava"],
+                                            lora_rank=4)
+    return save_vlm(model.eval(), processor, tmp_path / "vlm")
+
+
+def test_every_architecture_answers_behind_the_server(home: Path, tokenizer, tmp_path: Path) -> None:
+    """idefics3, llava, idefics2, idefics (Flamingo) and SPHINX-fused llava, each registered and
+    served by `mlflow models serve` (all servers at once), answer a request."""
+    from components.model.architectures import ARCHITECTURES
+    from components.model.build import save_vlm
+    from flows.commands.serve import free_port, start_server, stop_server, wait_until_ready
+    from tests.components.model.helpers import build
+
+    dirs = {}
+    for arch in ARCHITECTURES:
+        _, _, model, processor = build(arch, tokenizer, tmp_path / arch)
+        dirs[arch] = save_vlm(model.eval(), processor, tmp_path / arch / "vlm")
+    dirs["sphinx"] = _sphinx_dir(tokenizer, tmp_path / "sphinx")
+    servers = {}
+    try:
+        for name, folder in dirs.items():
+            with registry.start_run(f"train-{name}") as run_id:
+                version = registry.register_hf_model(folder, f"vlm-serve-{name}", run_id=run_id, tags={})
+            port = free_port()
+            log = (tmp_path / f"{name}.log").open("wb")
+            servers[name] = (start_server(f"models:/vlm-serve-{name}/{version}", port, stdout=log,
+                                          stderr=subprocess.STDOUT), port)
+        image = _png_b64(Image.new("RGB", (32, 32), (200, 30, 30)))
+        for name, (proc, port) in servers.items():
+            try:
+                wait_until_ready(proc, port)
+            except (RuntimeError, TimeoutError):
+                pytest.fail(f"{name}: server did not start:\n{(tmp_path / f'{name}.log').read_text()[-3000:]}")
+            status, body = _post(f"http://127.0.0.1:{port}/invocations",
+                                 [{"image": image, "question": "What colour is it?", "max_new_tokens": 3}])
+            assert status == 200, (name, body)
+            assert isinstance(body["predictions"][0]["answer"], str), name
+    finally:
+        for proc, _ in servers.values():
+            stop_server(proc)
+
+
 def test_serve_parser_defaults_to_localhost() -> None:
     from flows.commands.serve import add_serve_parser, serve_command
 

@@ -18,8 +18,10 @@ from components.data.ingest import (
     obelics,
     preference,
     textvqa,
+    trl_preference,
     vqa,
     webdataset,
+    webdataset_captions,
 )
 from components.data.ingest.records import Item
 
@@ -46,14 +48,19 @@ FORMATS: dict[str, Format] = {
         Format("okvqa", vqa.reader("okvqa"), vqa.TASKS, "as vqav2 (OK-VQA files)"),
         Format("textvqa", textvqa.read, textvqa.TASKS, "TextVQA JSON; --images: {image_id}.jpg"),
         Format("obelics", obelics.read, obelics.TASKS,
-               "parquet/JSONL (file or folder) with texts/images lists"),
+               "parquet/JSONL (file or folder) with texts/images lists; image URLs resolved "
+               "under --images by sha1(url)+ext or file name, never fetched"),
         Format("cauldron", cauldron.read, cauldron.TASKS,
                "parquet/JSONL with images + texts [{user, assistant}]"),
         Format("llava", llava.read, llava.TASKS, "LLaVA-instruct JSON with conversations"),
         Format("preference", preference.read, preference.TASKS,
                "JSONL prompt/chosen/rejected (+ image path)"),
+        Format("trl-preference", trl_preference.read, trl_preference.TASKS,
+               "TRL DPO JSONL/parquet: prompt/chosen/rejected as text or chat turns (+ images)"),
         Format("webdataset", webdataset.read, webdataset.TASKS,
                "data-contract tar shard(s): a .tar or a folder of them"),
+        Format("webdataset-captions", webdataset_captions.read, webdataset_captions.TASKS,
+               "img2dataset tar shard(s) (LAION/CC3M): KEY.jpg + KEY.txt and/or KEY.json"),
     )
 }
 

@@ -5,14 +5,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import sys
+import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from components.data.quarantine import write_tar_sample
 from components.data.sample import Sample, assistant_turn, user_turn
 from components.data.shards import write_shard
 
@@ -28,9 +32,9 @@ class Example:
     records: int
 
 
-def png(i: int, size: tuple[int, int] = (32, 24)) -> bytes:
+def png(i: int, size: tuple[int, int] = (32, 24), fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
-    Image.new("RGB", size, COLOURS[i % len(COLOURS)]).save(buf, format="PNG")
+    Image.new("RGB", size, COLOURS[i % len(COLOURS)]).save(buf, format=fmt)
     return buf.getvalue()
 
 
@@ -109,6 +113,27 @@ def obelics(d: Path) -> Example:
     return Example(d / "obelics.parquet", None, 2)
 
 
+OBELICS_URLS = ("https://example.com/photos/red%20square.png", "https://cdn.example.org/i?id=7")
+
+
+def sha1_name(url: str, ext: str = "") -> str:
+    """A downloader's hash name for ``url`` (see ``images.url_file_names``)."""
+    return hashlib.sha1(url.encode()).hexdigest() + ext
+
+
+def obelics_urls(d: Path) -> Example:
+    """OBELICS as published: image URLs, resolved under ``images`` (one by its file name,
+    one by its sha1 hash: the URL has no file name)."""
+    images = d / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    (images / "red square.png").write_bytes(png(0))
+    (images / sha1_name(OBELICS_URLS[1])).write_bytes(png(1))
+    rows = [{"texts": ["A trip report.", None, "Then this.", None, "The end."],
+             "images": [None, OBELICS_URLS[0], None, OBELICS_URLS[1], None],
+             "metadata": json.dumps([None, {"src": OBELICS_URLS[0]}, None, {}, None])}]
+    return Example(_jsonl(d / "obelics-urls.jsonl", rows), images, 1)
+
+
 def obelics_jsonl(d: Path) -> Example:
     images = _images(d / "images", ["a.png", "b.png"])
     rows = [{"texts": ["Intro.", None, None, "Outro."], "images": [None, "a.png", "b.png", None]}]
@@ -156,6 +181,59 @@ def preference(d: Path) -> Example:
     return Example(_jsonl(d / "prefs.jsonl", rows), images, 2)
 
 
+def trl_preference_rows() -> list[dict]:
+    """TRL's forms: conversational with an image, a multi-turn text prompt, standard
+    (strings) with an image, and an implicit prompt."""
+    def say(role: str, text: str) -> dict:
+        return {"role": role, "content": [{"type": "text", "text": text}]}
+
+    ask = [say("user", "Is 3 > 2?")]
+    return [
+        {"id": "t0", "prompt": [{"role": "user", "content": [
+            {"type": "image"}, {"type": "text", "text": "What colour is the square?"}]}],
+         "chosen": [say("assistant", "Red.")], "rejected": [say("assistant", "Blue.")],
+         "images": ["t0.png"]},
+        {"id": "t1", "prompt": [{"role": "system", "content": "Answer in one word."},
+                                {"role": "user", "content": "Is 3 > 2?"},
+                                {"role": "assistant", "content": "Yes."},
+                                {"role": "user", "content": "Is 2 > 3?"}],
+         "chosen": [{"role": "assistant", "content": "No."}],
+         "rejected": [{"role": "assistant", "content": "Yes."}]},
+        {"id": "t2", "prompt": "Describe the image.", "chosen": "A green square.",
+         "rejected": "A red circle.", "images": ["t1.png"]},
+        {"id": "t3", "chosen": ask + [say("assistant", "Yes.")],
+         "rejected": ask + [say("assistant", "No.")]},
+    ]
+
+
+def trl_preference(d: Path) -> Example:
+    images = _images(d / "images", ["t0.png", "t1.png"])
+    return Example(_jsonl(d / "trl-dpo.jsonl", trl_preference_rows()), images, 4)
+
+
+def webdataset_captions_members() -> list[dict[str, bytes | str]]:
+    """img2dataset's layout: KEY.jpg/png/webp with KEY.txt and/or KEY.json."""
+    def meta(i: int, **kw: object) -> bytes:
+        return json.dumps({"key": f"{i:09d}", "status": "success", "width": 32, "height": 24,
+                           "url": f"https://example.com/{i}.jpg", **kw}).encode()
+
+    return [
+        {"__key__": "000000000", "png": png(0), "txt": b"A red square.", "json": meta(0)},
+        {"__key__": "000000001", "jpg": png(1, fmt="JPEG"),
+         "json": meta(1, caption="A green square.")},
+        {"__key__": "000000002", "webp": png(2, fmt="WEBP"), "txt": b"A blue square."},
+    ]
+
+
+def webdataset_captions(d: Path) -> Example:
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "00000.tar"
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in webdataset_captions_members():
+            write_tar_sample(tar, sample)
+    return Example(path, None, 3)
+
+
 def webdataset_samples() -> list[Sample]:
     image = Image.open(io.BytesIO(png(0)))
     return [
@@ -183,14 +261,22 @@ EXAMPLES = {
     "cauldron": cauldron,
     "llava": llava,
     "preference": preference,
+    "trl-preference": trl_preference,
     "webdataset": webdataset,
+    "webdataset-captions": webdataset_captions,
+}
+# further layouts of a format: name -> (format, writer)
+VARIANTS: dict[str, tuple[str, Callable[[Path], Example]]] = {
+    "obelics-jsonl": ("obelics", obelics_jsonl),
+    "obelics-urls": ("obelics", obelics_urls),
 }
 
 
 def main(out: str) -> None:
-    for fmt, write in EXAMPLES.items():
-        ex = write(Path(out) / fmt)
-        print(json.dumps({"format": fmt, "source": str(ex.source),
+    writers = {**{fmt: (fmt, write) for fmt, write in EXAMPLES.items()}, **VARIANTS}
+    for name, (fmt, write) in writers.items():
+        ex = write(Path(out) / name)
+        print(json.dumps({"format": fmt, "example": name, "source": str(ex.source),
                           "images": None if ex.images is None else str(ex.images),
                           "records": ex.records}))
 

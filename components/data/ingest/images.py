@@ -1,29 +1,60 @@
 """Safe image loading: paths confined to the images root, Pillow's bomb limit enforced,
-sizes checked before pixels are decoded. Every failure is a :class:`Reject`."""
+sizes checked before pixels are decoded. Every failure is a :class:`Reject`.
+
+An image given as a URL (``scheme://...``) is never downloaded: it is looked up under the
+images root by :func:`url_file_names`, first ``sha1(url).hexdigest()`` + the URL path's
+extension (lower-cased; the bare hex when the path has none), then the URL path's last
+segment, percent-decoded (skipped when it is empty, ``.``/``..`` or holds a separator).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import posixpath
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from urllib.parse import unquote, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
 from components.data.quarantine import Reject
 
 MAX_FILE_BYTES = 64 << 20
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_EXTENSION = re.compile(r"^\.[a-z0-9]{1,5}$")
 
 
 @dataclass(frozen=True)
 class ImageRef:
-    """An image as inline bytes or as a path relative to the images root."""
+    """An image as inline bytes, a path relative to the images root, or a URL resolved to
+    a file under that root (:func:`url_file_names`)."""
 
     data: bytes | None = None
     path: str | None = None
+    url: str | None = None
 
     def describe(self) -> str:
+        if self.url is not None:
+            return self.url
         return self.path if self.path is not None else f"<{len(self.data or b'')} bytes>"
+
+
+def url_file_names(url: str) -> list[str]:
+    """The file names a URL is looked up by, in order: sha1 hex + extension, then basename."""
+    try:
+        path = urlsplit(url).path
+        digest = hashlib.sha1(url.encode("utf-8")).hexdigest()
+    except (ValueError, UnicodeError) as e:  # e.g. an unclosed IPv6 bracket, a lone surrogate
+        raise Reject("image_missing", f"{url!r} is not a usable URL: {e}") from None
+    ext = posixpath.splitext(path)[1].lower()
+    names = [digest + (ext if _EXTENSION.match(ext) else "")]
+    base = unquote(posixpath.basename(path))
+    if base not in ("", ".", "..") and not any(c in base for c in "/\\\x00"):
+        names.append(base)
+    return names
 
 
 def check_relative(path: str) -> None:
@@ -50,19 +81,44 @@ class ImageLoader:
     def read_bytes(self, ref: ImageRef) -> bytes:
         if ref.data is not None:
             return ref.data
+        if ref.url is not None:
+            return self._file(self.resolve_url(ref.url))
         if ref.path is None:
             raise Reject("missing_field", "image has neither bytes nor path")
         check_relative(ref.path)
+        return self._file(self._confined(ref.path))
+
+    def _confined(self, relative: str) -> Path:
+        """``relative`` under the root, resolved (links too) and still under it."""
         if self.root is None:
-            raise Reject("image_missing", f"{ref.path!r}: no images directory given (--images)")
+            raise Reject("image_missing", f"{relative!r}: no images directory given (--images)")
         root = self.root.resolve()
-        path = (root / ref.path).resolve()
+        path = (root / relative).resolve()
         if not path.is_relative_to(root):
-            raise Reject("unsafe_path", f"{ref.path!r} resolves outside {root}")
+            raise Reject("unsafe_path", f"{relative!r} resolves outside {root}")
         if not path.is_file():
-            raise Reject("image_missing", f"{ref.path!r} not found under {root}")
+            raise Reject("image_missing", f"{relative!r} not found under {root}")
+        return path
+
+    def resolve_url(self, url: str) -> str:
+        """The first of :func:`url_file_names` that is a file under the root (no network)."""
+        names = url_file_names(url)
+        for name in names:
+            try:
+                self._confined(name)
+            except Reject as r:
+                if r.rule != "image_missing":
+                    raise
+                continue
+            return name
+        where = self.root.resolve() if self.root is not None else "(no --images)"
+        raise Reject("image_missing", f"{url!r}: none of {names} under {where} "
+                                      "(looked up by sha1(url)+ext, then by file name)")
+
+    def _file(self, relative: str) -> bytes:
+        path = self._confined(relative)
         if path.stat().st_size > MAX_FILE_BYTES:
-            raise Reject("image_size", f"{ref.path!r} is over {MAX_FILE_BYTES} bytes")
+            raise Reject("image_size", f"{relative!r} is over {MAX_FILE_BYTES} bytes")
         return path.read_bytes()
 
     def load(self, ref: ImageRef) -> tuple[Image.Image, bytes]:
@@ -95,11 +151,12 @@ def decode(data: bytes, name: str, min_side: int, max_side: int) -> Image.Image:
 
 
 def as_image_ref(value: object, name: str) -> ImageRef:
-    """An image cell: bytes, a relative path, or a Hugging Face ``{"bytes", "path"}`` struct."""
+    """An image cell: bytes, a relative path, a URL, or a Hugging Face ``{"bytes", "path"}``
+    struct."""
     if isinstance(value, (bytes, bytearray)):
         return ImageRef(data=bytes(value))
     if isinstance(value, str):
-        return ImageRef(path=value)
+        return ImageRef(url=value) if URL.match(value) else ImageRef(path=value)
     if isinstance(value, dict):
         if value.get("bytes") is not None:
             return as_image_ref(value["bytes"], name)

@@ -15,13 +15,38 @@ from components.data.quarantine import Quarantined, Reject
 
 @dataclass
 class Candidate:
-    """One input record mapped to the data contract, images not yet loaded."""
+    """One input record mapped to the data contract, images not yet loaded.
+
+    ``positions`` (documents only): the input position of each image. When set, an image
+    that fails to load is dropped from the record (its part removed, one row in the image
+    ledger) and the record kept; when None, a failing image quarantines the record.
+    """
 
     key: str
     location: str
     record: dict[str, Any]
     images: list[ImageRef] = field(default_factory=list)
     raw: bytes = b""
+    positions: list[int] | None = None
+
+
+def drop_image_parts(record: dict[str, Any], drop: set[int]) -> dict[str, Any]:
+    """``record`` without its image parts number ``drop`` (counted over all messages)."""
+    seen = -1
+    messages = []
+    for m in record["messages"]:
+        content = m["content"]
+        if isinstance(content, list):
+            kept = []
+            for part in content:
+                if part.get("type") == "image":
+                    seen += 1
+                    if seen in drop:
+                        continue
+                kept.append(part)
+            m = {**m, "content": kept}
+        messages.append(m)
+    return {**record, "messages": messages}
 
 
 Item = Candidate | Quarantined

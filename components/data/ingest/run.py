@@ -5,6 +5,12 @@ Output layout under ``out``: ``shards/{format}-0000.tar``..., ``manifest.jsonl``
 ``quarantine/quarantine-0000.tar`` + ``quarantine.jsonl``, ``validation.json`` and
 ``summary.json``. Every record read ends in exactly one of the two: accepted + quarantined
 == read, and the ledger suite checks it.
+
+Images a document may lose (a Candidate with ``positions``: OBELICS) are the one exception
+to "a failure quarantines the record": such an image is dropped, the document kept (counted
+once, as accepted) and the image gets a row of its own in
+``quarantine/images_quarantined.jsonl``, counted by ``images_dropped`` -- never in the record
+ledger, so no document is counted twice.
 """
 
 from __future__ import annotations
@@ -21,8 +27,8 @@ from typing import Any
 
 from components.data.ingest import FORMATS
 from components.data.ingest.checks import Limits, check_sample
-from components.data.ingest.images import ImageLoader
-from components.data.ingest.records import Candidate, Item
+from components.data.ingest.images import ImageLoader, ImageRef
+from components.data.ingest.records import Candidate, Item, drop_image_parts
 from components.data.manifest import write_manifest
 from components.data.quarantine import (
     RULES,
@@ -36,11 +42,14 @@ from components.data.sample import Sample
 from components.data.shards import sample_to_wds
 
 MAX_EXAMPLES = 3
+IMAGE_LEDGER = "images_quarantined.jsonl"
 
 
 @dataclass
 class IngestSummary:
-    """Counts of one ingest; ``rules`` counts quarantined records per broken rule."""
+    """Counts of one ingest; ``rules`` counts quarantined records per broken rule;
+    ``images_dropped`` counts images left out of accepted documents (by rule in
+    ``images_dropped_rules``), one row each in ``quarantine/images_quarantined.jsonl``."""
 
     format: str
     source: str
@@ -50,6 +59,8 @@ class IngestSummary:
     quarantined: int = 0
     rules: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
+    images_dropped: int = 0
+    images_dropped_rules: dict[str, int] = field(default_factory=dict)
     shards: list[str] = field(default_factory=list)
     quarantine_rate: float = 0.0
     max_quarantine_rate: float = 1.0
@@ -63,10 +74,33 @@ class IngestSummary:
         """Why the quarantine rate is over the threshold: numbers, rules, example keys."""
         parts = [f"{rule} {n} (e.g. {', '.join(self.examples.get(rule, []))})"
                  for rule, n in sorted(self.rules.items(), key=lambda kv: -kv[1])]
+        dropped = (f"; {self.images_dropped} image(s) dropped from accepted documents, see "
+                   f"{self.out}/quarantine/{IMAGE_LEDGER}" if self.images_dropped else "")
         return (f"{self.format}: quarantined {self.quarantined} of {self.read} records "
                 f"({self.quarantine_rate:.1%}), above the threshold "
                 f"{self.max_quarantine_rate:.1%}; by rule: {'; '.join(parts)}; "
-                f"see {self.out}/quarantine/quarantine.jsonl")
+                f"see {self.out}/quarantine/quarantine.jsonl{dropped}")
+
+
+@dataclass(frozen=True)
+class DroppedImage:
+    """An image left out of a kept document: where it stood and the rule it broke."""
+
+    key: str
+    location: str
+    position: int
+    image: ImageRef
+    rule: str
+    detail: str
+    index: int  # its number among the candidate's images (which image part to remove)
+
+    def row(self, fmt: str) -> dict[str, Any]:
+        return {"format": fmt, "key": self.key, "location": self.location,
+                "position": self.position, "url": self.image.url,
+                "image": self.image.describe(), "rule": self.rule, "detail": self.detail}
+
+    def brief(self) -> str:
+        return f"position {self.position} {self.rule}: {self.detail}"
 
 
 class ShardSink:
@@ -159,7 +193,9 @@ def ingest(
     ledger: list[dict[str, Any]] = []
     seen: set[str] = set()
     rules: Counter[str] = Counter()
-    with QuarantineWriter(out / "quarantine", fmt) as quarantine:
+    image_rules: Counter[str] = Counter()
+    with (QuarantineWriter(out / "quarantine", fmt) as quarantine,
+          open(out / "quarantine" / IMAGE_LEDGER, "w", encoding="ascii") as image_ledger):
         for item in safe_items(FORMATS[fmt].read(source, images and Path(images)), source):
             summary.read += 1
             if isinstance(item, Candidate):
@@ -173,7 +209,10 @@ def ingest(
                 ledger.append({"key": item.key, "location": item.location,
                                "status": "quarantined", "rule": item.rule})
                 continue
-            sample, row, location = item
+            sample, row, location, dropped = item
+            for d in dropped:  # ASCII-escaped, like quarantine.jsonl
+                image_ledger.write(json.dumps(d.row(fmt)) + "\n")
+                image_rules[d.rule] += 1
             row["shard"] = sink.write(sample)
             manifest.append(row)
             ledger.append({"key": sample.key, "location": location, "status": "accepted",
@@ -182,12 +221,18 @@ def ingest(
     write_manifest(manifest, out / "manifest.jsonl")
     summary.accepted, summary.quarantined = len(manifest), quarantine.count
     summary.rules = dict(sorted(rules.items()))
+    summary.images_dropped = sum(image_rules.values())
+    summary.images_dropped_rules = dict(sorted(image_rules.items()))
     summary.quarantine_rate = round(summary.quarantined / summary.read, 6) if summary.read else 0.0
     summary.seconds = round(time.perf_counter() - start, 3)
     written = _recount(summary.shards, out / "quarantine" / "quarantine.jsonl")
     if written != (summary.accepted, summary.quarantined) or sum(written) != summary.read:
         raise AssertionError(f"unbalanced ingest: read {summary.read}, but the output holds "
                              f"{written[0]} samples in shards and {written[1]} in quarantine")
+    dropped_rows = _lines(out / "quarantine" / IMAGE_LEDGER)
+    if dropped_rows != summary.images_dropped:
+        raise AssertionError(f"unbalanced image ledger: {summary.images_dropped} images dropped, "
+                             f"{dropped_rows} rows in {IMAGE_LEDGER}")
     (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
     try:
         if validate:
@@ -209,8 +254,13 @@ def _recount(shards: list[str], ledger: Path) -> tuple[int, int]:
     for path in shards:
         with tarfile.open(path) as tar:
             samples += sum(m.isfile() and m.name.endswith(".json") for m in tar.getmembers())
-    lines = ledger.read_text().splitlines() if ledger.exists() else []
-    return samples, sum(1 for line in lines if line.strip())
+    return samples, _lines(ledger)
+
+
+def _lines(path: Path) -> int:
+    """Non-blank lines of a JSONL file (0 when it does not exist)."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    return sum(1 for line in lines if line.strip())
 
 
 def _accept(
@@ -220,22 +270,44 @@ def _accept(
     limits: Limits,
     seen: set[str],
     split: str,
-) -> Quarantined | tuple[Sample, dict[str, Any], str]:
-    """The sample and its manifest row, or the rule the candidate broke."""
+) -> Quarantined | tuple[Sample, dict[str, Any], str, list[DroppedImage]]:
+    """The sample, its manifest row, location and dropped images, or the rule the candidate
+    broke. A document quarantined after losing images names them in its detail; when it
+    broke ``image_count`` (no image left) the first dropped image's rule is the reason."""
+    dropped: list[DroppedImage] = []
     try:
         if cand.key in seen:  # before decoding anything
             raise Reject("duplicate_key", f"key {cand.key!r} seen before")
-        images = [loader.load(ref)[0] for ref in cand.images]
-        sample = Sample(cand.key, images, cand.record)
+        images, dropped = _load_images(cand, loader)
+        record = drop_image_parts(cand.record, {d.index for d in dropped}) if dropped else cand.record
+        sample = Sample(cand.key, images, record)
         row = check_sample(sample, tasks, limits)
     except Reject as r:
-        return Quarantined(cand.key, cand.location, r.rule, r.detail, cand.raw)
+        rule, detail = r.rule, r.detail
+        if dropped:
+            rule = dropped[0].rule if rule == "image_count" else rule
+            detail += f"; dropped {len(dropped)} image(s): " + "; ".join(d.brief() for d in dropped)
+        return Quarantined(cand.key, cand.location, rule, detail, cand.raw)
     except Exception as e:  # noqa: BLE001 (hostile input must not crash the ingest)
         return Quarantined(cand.key, cand.location, "malformed_record",
                            f"{type(e).__name__}: {e}", cand.raw)
     seen.add(cand.key)
     row["split"] = split
-    return sample, row, cand.location
+    return sample, row, cand.location, dropped
+
+
+def _load_images(cand: Candidate, loader: ImageLoader) -> tuple[list, list[DroppedImage]]:
+    """The candidate's images; with ``positions`` a failing one is dropped, else it raises."""
+    images, dropped = [], []
+    for i, ref in enumerate(cand.images):
+        try:
+            images.append(loader.load(ref)[0])
+        except Reject as r:
+            if cand.positions is None:
+                raise
+            dropped.append(DroppedImage(cand.key, cand.location, cand.positions[i], ref,
+                                        r.rule, r.detail, index=i))
+    return images, dropped
 
 
 def _validate(

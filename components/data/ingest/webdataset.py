@@ -3,6 +3,8 @@
 Tars are read member by member with :mod:`tarfile`, never extracted: a member with an
 absolute path, a ``..`` component, or a link/device type quarantines its sample, and a
 shard that ends mid-member quarantines the sample being read when it broke.
+:func:`tar_groups` is that safe reading, shared with the other tar layouts
+(``webdataset_captions``).
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 import json
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from components.data.ingest.fields import find_surrogate
 from components.data.ingest.images import ImageRef, check_relative
@@ -25,9 +27,49 @@ IMAGE_ENTRY = re.compile(r"^\d{3}\.(png|jpg|jpeg|webp)$")
 MAX_MEMBER_BYTES = 64 << 20
 
 
+@dataclass
+class TarGroup:
+    """The members of one tar sample (``key.ext`` -> bytes), or why it cannot be used."""
+
+    key: str
+    location: str
+    members: dict[str, bytes] = field(default_factory=dict)
+    bad: Reject | None = None
+
+
+Builder = Callable[[TarGroup], Candidate]
+
+
 def read(source: Path, images: Path | None) -> Iterator[Item]:
-    for path in sorted(source.glob("*.tar")) if source.is_dir() else [source]:
+    for path in shard_paths(source):
         yield from read_shard(path)
+
+
+def shard_paths(source: Path) -> list[Path]:
+    """``source`` itself, or the ``*.tar`` files of a folder (sorted)."""
+    return sorted(source.glob("*.tar")) if source.is_dir() else [source]
+
+
+def read_shard(path: Path) -> Iterator[Item]:
+    """Samples of one shard in order; problems become :class:`Quarantined` items."""
+    yield from shard_items(path, _candidate, raw_members=("json",))
+
+
+def shard_items(path: Path, build: Builder, raw_members: tuple[str, ...],
+                name: Callable[[str], str] = str) -> Iterator[Item]:
+    """``build(group)`` per sample of a shard; a bad group, or a Reject ``build`` raises,
+    becomes a :class:`Quarantined` keyed ``name(member key)`` holding the first present of
+    ``raw_members`` as its raw input."""
+    for group in tar_groups(path):
+        if isinstance(group, Quarantined):
+            yield group
+            continue
+        key = name(group.key)
+        raw = next((group.members[m] for m in raw_members if m in group.members), b"")
+        if group.bad is not None:
+            yield Quarantined(key, group.location, group.bad.rule, group.bad.detail, raw)
+        else:
+            yield guarded(key, group.location, raw, lambda g=group: build(g))
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -37,8 +79,10 @@ def _split(name: str) -> tuple[str, str]:
     return (f"{head}/{stem}" if head else stem), ext
 
 
-def read_shard(path: Path) -> Iterator[Item]:
-    """Samples of one shard in order; problems become :class:`Quarantined` items."""
+def tar_groups(path: Path) -> Iterator[TarGroup | Quarantined]:
+    """The samples of one shard (consecutive members sharing a key), read one member at a
+    time; an unusable file is one :class:`Quarantined`, a truncated one ends with a group
+    marked ``truncated_tar`` (the samples before it are whole)."""
     if path.stat().st_size == 0:
         yield file_failure(path, Reject("empty_file", f"{path.name}: 0 bytes"))
         return
@@ -47,30 +91,28 @@ def read_shard(path: Path) -> Iterator[Item]:
     except (tarfile.TarError, OSError) as e:
         yield file_failure(path, Reject("unreadable_file", f"{path.name}: {e}"))
         return
-    group: dict[str, Any] = {}
-    key: str | None = None
-    bad: Reject | None = None
+    group: TarGroup | None = None
     with tar:
         try:
             for member in tar:
                 mkey, ext = _split(member.name)
-                if mkey != key:
-                    if key is not None:
-                        yield _finish(path, key, group, bad)
-                    key, group, bad = mkey, {}, None
+                if group is None or mkey != group.key:
+                    if group is not None:
+                        yield group
+                    group = TarGroup(mkey, f"{path}:{mkey}")
                 problem = _member_problem(member)
                 if problem is not None:
-                    bad = bad or problem
+                    group.bad = group.bad or problem
                     continue
-                data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                group[ext] = data
+                group.members[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
         except (tarfile.TarError, EOFError, OSError) as e:
+            key = group.key if group else None
             where = f"{path.name} after {key!r}" if key else path.name
-            yield Quarantined(key or path.name, f"{path}:{key}", "truncated_tar",
-                              f"{where}: {type(e).__name__}: {e}", b"")
+            yield TarGroup(key or path.name, f"{path}:{key}", {},
+                           Reject("truncated_tar", f"{where}: {type(e).__name__}: {e}"))
             return
-    if key is not None:
-        yield _finish(path, key, group, bad)
+    if group is not None:
+        yield group
 
 
 def _member_problem(member: tarfile.TarInfo) -> Reject | None:
@@ -85,31 +127,30 @@ def _member_problem(member: tarfile.TarInfo) -> Reject | None:
     return None
 
 
-def _finish(path: Path, key: str, group: dict[str, Any], bad: Reject | None) -> Item:
-    location = f"{path}:{key}"
-    raw = group.get("json", b"")
-    if bad is not None:
-        return Quarantined(key, location, bad.rule, bad.detail, raw)
-    return guarded(key, location, raw, lambda: _candidate(key, location, group))
-
-
-def _candidate(key: str, location: str, group: dict[str, Any]) -> Candidate:
-    if "json" not in group:
-        raise Reject("missing_field", f"sample {key!r} has no json entry (has {sorted(group)})")
-    try:
-        record = json.loads(group["json"].decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise Reject("invalid_utf8", f"json entry: {e}") from None
-    except json.JSONDecodeError as e:
-        raise Reject("unreadable_file", f"json entry: {e}") from None
-    if not isinstance(record, dict):
-        raise Reject("wrong_type", f"json entry is {type(record).__name__}, expected an object")
-    bad = find_surrogate(record)
-    if bad:
-        raise Reject("invalid_utf8", f"lone surrogate in {bad}")
+def _candidate(group: TarGroup) -> Candidate:
+    key, location, members = group.key, group.location, group.members
+    if "json" not in members:
+        raise Reject("missing_field", f"sample {key!r} has no json entry (has {sorted(members)})")
+    record = json_member(members["json"], "json entry")
     for name in ("task", "source"):
         if not isinstance(record.get(name), str):
             raise Reject("missing_field" if record.get(name) is None else "wrong_type",
                          f"record field {name!r}")
-    images = [ImageRef(data=group[e]) for e in sorted(e for e in group if IMAGE_ENTRY.match(e))]
-    return Candidate(key, location, record, images, group["json"])
+    images = [ImageRef(data=members[e]) for e in sorted(e for e in members if IMAGE_ENTRY.match(e))]
+    return Candidate(key, location, record, images, members["json"])
+
+
+def json_member(data: bytes, name: str) -> dict:
+    """A tar member holding one JSON object, as valid text (else :class:`Reject`)."""
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise Reject("invalid_utf8", f"{name}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise Reject("unreadable_file", f"{name}: {e}") from None
+    if not isinstance(record, dict):
+        raise Reject("wrong_type", f"{name} is {type(record).__name__}, expected an object")
+    bad = find_surrogate(record)
+    if bad:
+        raise Reject("invalid_utf8", f"lone surrogate in {bad}")
+    return record

@@ -43,7 +43,8 @@ class Architecture:
     family: str  # "self-attention" | "cross-attention"
     # (vision, lm, tokenizer, model_spec, seed) -> the VLM, both backbones copied in exactly
     assemble: Callable[..., Any]
-    # (model, tokenizer, longest_edge) -> the processor of one stage's resolution
+    # (model, tokenizer, longest_edge, *, image_mean, image_std) -> the processor of one
+    # stage's resolution, normalising as the vision tower was trained
     processor: Callable[..., Any]
     # parameter group -> name prefixes of the stock class (components.model.freeze)
     groups: dict[str, tuple[str, ...]]

@@ -18,6 +18,8 @@ computes exactly what the LM computes (a test checks this).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import (
     IdeficsConfig,
@@ -29,6 +31,7 @@ from transformers import (
 from transformers.models.idefics.image_processing_pil_idefics import IdeficsImageProcessorPil
 
 from components.model.architectures import Architecture, Features
+from components.model.backbones import IMAGE_MEAN, IMAGE_STD
 from components.model.common import (
     check_vocab,
     copy_exact,
@@ -124,13 +127,16 @@ def assemble_idefics(vision: PreTrainedModel, lm: PreTrainedModel, tokenizer: Pr
     return model
 
 
-def idefics_processor(model, tokenizer: PreTrainedTokenizerBase, longest_edge: int) -> IdeficsProcessor:
-    """One view per image at the tower's native size (Idefics has no image splitting)."""
+def idefics_processor(model, tokenizer: PreTrainedTokenizerBase, longest_edge: int, *,
+                      image_mean: Sequence[float] = IMAGE_MEAN,
+                      image_std: Sequence[float] = IMAGE_STD) -> IdeficsProcessor:
+    """One view per image at the tower's native size (Idefics has no image splitting),
+    normalised with the tower's own mean/std."""
     size = model.config.vision_config.image_size
     if longest_edge != size:
         raise ValueError(f"idefics runs at the tower's native {size} px; a stage asked for {longest_edge} px")
-    image_processor = IdeficsImageProcessorPil(image_size=size, image_mean=[0.5, 0.5, 0.5],
-                                               image_std=[0.5, 0.5, 0.5], resample=3)
+    image_processor = IdeficsImageProcessorPil(image_size=size, image_mean=list(image_mean),
+                                               image_std=list(image_std), resample=3)
     processor = IdeficsProcessor(image_processor=image_processor, tokenizer=tokenizer, image_size=size)
     processor.chat_template = tokenizer.chat_template
     return processor

@@ -9,6 +9,8 @@ Each view costs `resampler_n_latents` tokens whatever its resolution.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from transformers import (
     Idefics2Config,
     Idefics2ForConditionalGeneration,
@@ -20,6 +22,7 @@ from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2I
 
 from components.model.architectures import Architecture, Features
 from components.model.architectures.idefics3 import VISION_KEYS
+from components.model.backbones import IMAGE_MEAN, IMAGE_STD
 from components.model.common import (
     check_vocab,
     copy_exact,
@@ -66,15 +69,18 @@ def assemble_idefics2(vision: PreTrainedModel, lm: PreTrainedModel, tokenizer: P
     return model
 
 
-def idefics2_processor(model, tokenizer: PreTrainedTokenizerBase, longest_edge: int) -> Idefics2Processor:
-    """Views at the tower's native size; above it, 4 crops + the whole image."""
+def idefics2_processor(model, tokenizer: PreTrainedTokenizerBase, longest_edge: int, *,
+                       image_mean: Sequence[float] = IMAGE_MEAN,
+                       image_std: Sequence[float] = IMAGE_STD) -> Idefics2Processor:
+    """Views at the tower's native size (above it, 4 crops + the whole image), normalised
+    with the tower's own mean/std."""
     tile = model.config.vision_config.image_size
     if longest_edge not in (tile, 2 * tile):
         raise ValueError(f"Idefics2 splits into 2x2 crops: longest_edge must be {tile} or {2 * tile}")
     image_processor = Idefics2ImageProcessorPil(
         do_resize=True, size={"shortest_edge": tile, "longest_edge": tile},
         do_image_splitting=longest_edge > tile, resample=3,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+        image_mean=list(image_mean), image_std=list(image_std))
     return Idefics2Processor(
         image_processor=image_processor, tokenizer=tokenizer,
         image_seq_len=model.config.perceiver_config.resampler_n_latents,

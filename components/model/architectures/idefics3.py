@@ -7,6 +7,8 @@ linear projection) is freshly initialised. The result is a stock
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import (
     Idefics3Config,
@@ -18,6 +20,7 @@ from transformers import (
 from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
 from components.model.architectures import Architecture, Features
+from components.model.backbones import IMAGE_MEAN, IMAGE_STD
 from components.model.common import (
     check_vocab,
     copy_exact,
@@ -111,8 +114,11 @@ def build_processor(
     longest_edge: int,
     patch_size: int,
     scale_factor: int,
+    image_mean: Sequence[float] = IMAGE_MEAN,
+    image_std: Sequence[float] = IMAGE_STD,
 ) -> Idefics3Processor:
-    """Processor whose images are resized to `longest_edge` and split into `tile_size` tiles."""
+    """Processor whose images are resized to `longest_edge` and split into `tile_size` tiles,
+    normalised with the vision tower's own mean/std."""
     if longest_edge % tile_size:
         raise ValueError(f"longest_edge {longest_edge} must be a multiple of tile_size {tile_size}")
     image_processor = Idefics3ImageProcessorPil(
@@ -121,8 +127,8 @@ def build_processor(
         max_image_size={"longest_edge": tile_size},
         do_image_splitting=longest_edge > tile_size,
         resample=3,  # bicubic: close to Lanczos, a third of its cost
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
+        image_mean=list(image_mean),
+        image_std=list(image_std),
     )
     return Idefics3Processor(
         image_processor=image_processor,
@@ -137,10 +143,13 @@ def _assemble(vision, lm, tokenizer, model_spec, seed: int) -> Idefics3ForCondit
                              connector_init=model_spec.connector_init)
 
 
-def _processor(model, tokenizer: PreTrainedTokenizerBase, longest_edge: int) -> Idefics3Processor:
+def _processor(model, tokenizer: PreTrainedTokenizerBase, longest_edge: int, *,
+               image_mean: Sequence[float] = IMAGE_MEAN,
+               image_std: Sequence[float] = IMAGE_STD) -> Idefics3Processor:
     vc = model.config.vision_config
     return build_processor(tokenizer, tile_size=vc.image_size, longest_edge=longest_edge,
-                           patch_size=vc.patch_size, scale_factor=model.config.scale_factor)
+                           patch_size=vc.patch_size, scale_factor=model.config.scale_factor,
+                           image_mean=image_mean, image_std=image_std)
 
 
 SPEC = Architecture(

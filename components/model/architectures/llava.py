@@ -8,6 +8,8 @@ size: LLaVA has no image splitting, so a stage's `longest_edge` must equal it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import (
     LlavaConfig,
@@ -19,6 +21,7 @@ from transformers import (
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from components.model.architectures import Architecture, Features
+from components.model.backbones import IMAGE_MEAN, IMAGE_STD
 from components.model.common import (
     check_vocab,
     copy_exact,
@@ -69,15 +72,18 @@ def assemble_llava(vision: PreTrainedModel, lm: PreTrainedModel, tokenizer: PreT
     return model
 
 
-def llava_processor(model, tokenizer: PreTrainedTokenizerBase, longest_edge: int) -> LlavaProcessor:
-    """Images resized (squashed) to the tower's native size; one `<image>` per patch."""
+def llava_processor(model, tokenizer: PreTrainedTokenizerBase, longest_edge: int, *,
+                    image_mean: Sequence[float] = IMAGE_MEAN,
+                    image_std: Sequence[float] = IMAGE_STD) -> LlavaProcessor:
+    """Images resized (squashed) to the tower's native size and normalised with its own
+    mean/std; one `<image>` per patch."""
     vc = model.config.vision_config
     if longest_edge != vc.image_size:
         raise ValueError(f"LLaVA runs at the tower's native {vc.image_size} px; a stage asked for "
                          f"{longest_edge} px (no image splitting in this architecture)")
     image_processor = SiglipImageProcessorPil(
         size={"height": vc.image_size, "width": vc.image_size}, resample=3,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+        image_mean=list(image_mean), image_std=list(image_std))
     return LlavaProcessor(
         image_processor=image_processor, tokenizer=tokenizer, patch_size=vc.patch_size,
         vision_feature_select_strategy=model.config.vision_feature_select_strategy,

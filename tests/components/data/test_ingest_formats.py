@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from components.data.ingest import FORMATS, ingest_tasks
-from components.data.ingest.examples import EXAMPLES, obelics_jsonl
+from components.data.ingest.examples import EXAMPLES, VARIANTS, obelics_jsonl
 from components.data.ingest.run import ingest
 from components.data.sample import image_placeholders
 from components.data.shards import read_samples
@@ -18,9 +18,17 @@ from components.data.validation import known_tasks
 RED = (255, 0, 0)
 
 
-@pytest.mark.parametrize("fmt", list(EXAMPLES))
-def test_clean_fixture_ingests_fully_and_round_trips(fmt: str, tmp_path: Path) -> None:
-    ex = EXAMPLES[fmt](tmp_path / "in")
+WRITERS = {**{fmt: (fmt, write) for fmt, write in EXAMPLES.items()}, **VARIANTS}
+
+
+def test_every_format_has_an_example() -> None:
+    assert set(EXAMPLES) == set(FORMATS)
+
+
+@pytest.mark.parametrize("name", list(WRITERS))
+def test_clean_fixture_ingests_fully_and_round_trips(name: str, tmp_path: Path) -> None:
+    fmt, write = WRITERS[name]
+    ex = write(tmp_path / "in")
     out = tmp_path / "out"
     summary = ingest(fmt, ex.source, out, ex.images)
     assert (summary.read, summary.accepted, summary.quarantined) == (ex.records, ex.records, 0)

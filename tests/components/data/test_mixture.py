@@ -79,17 +79,27 @@ def test_a_mixture_replaces_sources():
 
 
 @pytest.mark.parametrize("kw, error", [
-    ({"mixture": {"scenes_vqa": 1, "photos": 1}}, r"unknown sources \['photos'\]"),
     ({"mixture": {"scenes_vqa": 1, "ocr": 0}}, "weights must be > 0"),
     ({"mixture": {"scenes_vqa": 1, "ocr": -2}}, "weights must be > 0"),
     ({"mixture": {"scenes_vqa": 1}, "sources": ["ocr"]}, "mixture replaces sources"),
     ({"mixture": {"scenes_vqa": 1, "text": 1}, "text_ratio": 0.3}, "not text_ratio"),
-    ({"mixture": {"scenes_vqa": 1}, "kind": "align"}, "align trains on"),
     ({}, "sources"),
 ])
 def test_invalid_mixtures_are_named(kw, error):
     with pytest.raises(ValidationError, match=error):
         _stage(**kw)
+
+
+@pytest.mark.parametrize("stage, error", [
+    ({"mixture": {"scenes_vqa": 1, "photos": 1}}, r"unknown sources \['photos'\]"),
+    ({"mixture": {"scenes_vqa": 1}, "kind": "align"}, "align trains on preference data"),
+])
+def test_a_recipe_names_what_its_sources_lack(stage, error):
+    raw = yaml.safe_load((CONFIGS / "micro.yaml").read_text())
+    raw["stages"] = [{**raw["stages"][-1], **stage}]
+    del raw["stages"][0]["sources"]
+    with pytest.raises(ValidationError, match=error):
+        Recipe.model_validate(raw)
 
 
 def test_recipes_round_trip_through_their_dump():

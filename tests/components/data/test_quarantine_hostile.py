@@ -177,11 +177,14 @@ def test_non_utf8_text(tmp_path: Path) -> None:
     assert summary.accepted == 2 and only_rule(entries) == "invalid_utf8"
 
 
-@pytest.mark.parametrize("fmt", ["coco-captions", "preference", "obelics", "webdataset",
-                                 "vqav2"])
+EMPTY_FILES = {"coco-captions": "c.json", "preference": "p.jsonl", "obelics": "o.parquet",
+               "webdataset": "w.tar", "vqav2": "src/a_questions.json",
+               "trl-preference": "t.jsonl", "webdataset-captions": "00000.tar"}
+
+
+@pytest.mark.parametrize("fmt", list(EMPTY_FILES))
 def test_empty_file(fmt: str, tmp_path: Path) -> None:
-    name = {"coco-captions": "c.json", "preference": "p.jsonl", "obelics": "o.parquet",
-            "webdataset": "w.tar", "vqav2": "src/a_questions.json"}[fmt]
+    name = EMPTY_FILES[fmt]
     path = tmp_path / "in" / name
     path.parent.mkdir(parents=True)
     path.write_bytes(b"")
@@ -268,6 +271,8 @@ def test_unreadable_files(tmp_path: Path) -> None:
     assert (summary.read, only_rule(entries)) == (1, "unreadable_file")
     (tmp_path / "t.tar").write_bytes(b"\x01" * 700)
     summary, entries = run("webdataset", tmp_path / "t.tar", tmp_path / "o3")
+    assert (summary.read, only_rule(entries)) == (1, "unreadable_file")
+    summary, entries = run("webdataset-captions", tmp_path / "t.tar", tmp_path / "o4")
     assert (summary.read, only_rule(entries)) == (1, "unreadable_file")
 
 

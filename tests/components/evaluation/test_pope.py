@@ -157,3 +157,41 @@ def test_evaluate_pope_with_a_tiny_model(backbones, tokenizer, test_split):
     answers = {}
     for r in result.rows:
         assert answers.setdefault((r["key"], r["question"]), r["prediction"]) == r["prediction"]
+
+
+def test_a_pope_question_file_over_an_image_folder(backbones, tokenizer, tmp_path):
+    """POPE's published layout (JSONL question_id/image/text/label) runs without data; its
+    yes/no metrics are the ones of the answers; a bad line is named."""
+    import json
+
+    from PIL import Image
+
+    from components.evaluation.official_formats import FormatError, load_pope_questions
+    from components.evaluation.runners import run_benchmark
+    from components.evaluation.suites import SuiteSpec
+    from components.evaluation.yes_no import yes_no_metrics
+    from components.model.architectures.idefics3 import assemble_idefics3, build_processor
+    from components.model.chat import ChatEncoder
+
+    (tmp_path / "images").mkdir()
+    for name, colour in (("a.jpg", "red"), ("b.jpg", "blue")):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / "images" / name)
+    rows = [{"question_id": i, "image": image, "text": f"Is there a {obj} in the image?", "label": label}
+            for i, (image, obj, label) in enumerate([("a.jpg", "red circle", "yes"),
+                                                     ("a.jpg", "cat", "no"),
+                                                     ("b.jpg", "blue square", "yes")], 1)]
+    path = tmp_path / "coco_pope_random.json"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = SuiteSpec(kind="pope", questions=str(path), images=str(tmp_path / "images"))
+    assert not spec.needs_data
+    model = assemble_idefics3(*backbones, tokenizer, scale_factor=2).eval()
+    processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
+    result = run_benchmark(spec, model, ChatEncoder(processor, 512), None, max_new_tokens=2,
+                           batch_size=4)
+    assert [r["key"] for r in result.rows] == ["1", "2", "3"]
+    assert result.metrics == yes_no_metrics([r["prediction"] for r in result.rows], [True, False, True])
+    path.write_text(json.dumps({**rows[0], "label": "maybe"}) + "\n")
+    with pytest.raises(FormatError, match="line 1: 'label' must be yes or no"):
+        load_pope_questions(path)
+    with pytest.raises(ValueError, match="needs both questions and images"):
+        SuiteSpec(kind="pope", questions=str(path))

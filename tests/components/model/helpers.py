@@ -8,7 +8,7 @@ from PIL import Image
 from components.model.architectures import spec
 from components.model.backbones import load_text_backbone, load_vision_backbone
 from components.model.build import assemble, processor_for
-from components.model.spec import ModelSpec
+from components.model.spec import ARCHITECTURE_OPTIONS, ModelSpec
 
 SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
               image_size=32, patch_size=8)
@@ -37,10 +37,12 @@ def saved_backbones(arch: str, vocab_size: int, tmp_path):
     return load_vision_backbone(tmp_path / "vision"), load_text_backbone(tmp_path / "lm")
 
 
-def model_spec(arch: str, **options) -> ModelSpec:
-    """A model section for ``arch`` with the micro options it reads (OPTIONS, then ``options``)."""
+def model_spec(arch: str, **fields) -> ModelSpec:
+    """A model section for ``arch`` with the micro options it reads (OPTIONS, then ``fields``);
+    fields that are no architecture's option (``vision``, ``text``, ...) as given."""
     read = spec(arch).options
-    return ModelSpec(architecture=arch, **{k: v for k, v in {**OPTIONS, **options}.items() if k in read})
+    return ModelSpec(architecture=arch, **{k: v for k, v in {**OPTIONS, **fields}.items()
+                                           if k in read or k not in ARCHITECTURE_OPTIONS})
 
 
 def build(arch: str, tokenizer, tmp_path, longest_edge: int = 32):

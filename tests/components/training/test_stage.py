@@ -14,7 +14,7 @@ from components.training.stage import run_stage
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("stage-shards")
-    for source in ("scenes_vqa", "text", "preference"):
+    for source in ("scenes_vqa", "text", "preference", "preference_hallucination"):
         write_shard(generate_samples(source, 0, "train", 0, 24, image_size=32), root / "train" / f"{source}-0000.tar")
         write_shard(generate_samples(source, 0, "val", 0, 8, image_size=32), root / "val" / f"{source}-0000.tar")
     return root
@@ -92,3 +92,12 @@ def test_validation_loss_and_answers_every_eval_every_steps(backbones, tokenizer
     assert (2, {k: v for k, v in evals[0].items() if k != "step"}) in logged
     if kind == "align":
         assert "val_rewards/accuracies" in evals[0]
+
+
+def test_align_trains_on_the_hallucination_preference_source(backbones, tokenizer, shards):
+    model = assemble_idefics3(*backbones, tokenizer, scale_factor=2)
+    processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
+    stage = _stage(kind="align", sources=["preference_hallucination"], loss="sigmoid_sft")
+    run = run_stage(model, processor, stage, shards, seed=0, max_length=256)
+    assert run.result.steps == 2 and run.dropped == 0
+    assert all(h["loss"] > 0 for h in run.result.history)
