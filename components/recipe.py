@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from components.data.params import DataParams
 from components.data.synthetic import SOURCE_TASK, SOURCES, TEXT_ONLY_SOURCES
@@ -32,6 +33,24 @@ SCHEDULES: tuple[str, ...] = ("cosine", "wsd")  # components.training.loop
 PREFERENCE_LOSSES: tuple[str, ...] = ("sigmoid", "ipo", "sigmoid_norm", "sigmoid_sft")  # objectives
 LOSS_AVERAGES: tuple[str, ...] = ("token", "sample")  # objectives: supervised loss reductions
 REJECTED_FROM: tuple[str, ...] = ("data", "model")  # align: where rejected answers come from
+DTYPES: tuple[str, ...] = ("fp32", "bf16")  # the dtype a stage loads and trains its model in
+# align: where the reference log-probs come from (components.training.reference)
+REFERENCES: tuple[str, ...] = ("copy", "cached", "adapters")
+
+# Recipe, stage and registered-model names become paths ($VLMFORGE_HOME/data/<recipe>,
+# checkpoints/<recipe>/<stage>-<key>), MLflow model names and Prefect artifact keys.
+NAME_RULE = ("letters, digits, '.', '_' and '-' only ([A-Za-z0-9._-]), starting with a letter "
+             "or digit, at most 128 characters")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _safe_name(value: str) -> str:
+    if not _NAME.fullmatch(value):
+        raise ValueError(f"name {value!r} breaks the naming rule: {NAME_RULE}")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]  # a name that is safe as a path part
 
 
 class _Strict(BaseModel):
@@ -63,7 +82,7 @@ MONITORING = ("checkpoint_every", "keep_checkpoints", "eval_every")
 class VisionBackbone(_Strict):
     """The tiny vision tower, trained contrastively (SigLIP loss, optional FLIP patch dropping)."""
 
-    registered_model: str = "vision-tiny"
+    registered_model: SafeName = "vision-tiny"
     config: dict[str, Any] = Field(default_factory=dict)
     text_tower: dict[str, Any] = Field(default_factory=dict)
     patch_keep: float = Field(1.0, gt=0, le=1)
@@ -74,7 +93,7 @@ class VisionBackbone(_Strict):
 class TextBackbone(_Strict):
     """The tiny causal LM, trained on the corpus text."""
 
-    registered_model: str = "lm-tiny"
+    registered_model: SafeName = "lm-tiny"
     config: dict[str, Any] = Field(default_factory=dict)
     block: int = 128
     train: TrainSettings = TrainSettings(steps=300, batch_size=16, lr=1e-3)
@@ -109,7 +128,7 @@ class GroundConnector(_Strict):
 class StageBase(_Strict):
     """What every training stage has: what it trains, on which data, at which resolution."""
 
-    name: str
+    name: SafeName
     longest_edge: int = Field(gt=0)
     sources: list[str]
     unfreeze: Unfreeze
@@ -118,6 +137,10 @@ class StageBase(_Strict):
     # source -> sampling weight (the loader draws by weight); replaces `sources`, which then
     # lists its keys. None = `sources` in their natural mixture
     mixture: dict[str, float] | None = None
+    # memory: the dtype the model is loaded and trained in, and recomputing the activations of
+    # the vision tower's and the LM's layers in backward (gradient checkpointing)
+    dtype: Literal[DTYPES] = "fp32"  # type: ignore[valid-type]
+    gradient_checkpointing: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -199,7 +222,9 @@ class SftStage(SupervisedStage):
 
 
 class AlignStage(StageBase):
-    """Preference tuning (DPO family) against a frozen copy of the parent model."""
+    """Preference tuning (DPO family) against the parent model as the reference: a frozen
+    copy of it (`copy`), its log-probs computed once before training and cached (`cached`),
+    or the policy with its LoRA adapters off (`adapters`); the last two hold no second model."""
 
     kind: Literal["align"]
     beta: float = 0.1
@@ -209,6 +234,7 @@ class AlignStage(StageBase):
     # the data's rejected captions, or the SFT model's own hallucinated captions with their
     # minimal corrections as chosen (RLHF-V style, corrected_pairs.py)
     rejected_from: Literal[REJECTED_FROM] = "data"  # type: ignore[valid-type]
+    reference: Literal[REFERENCES] = "copy"  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _preference_sources(self) -> AlignStage:
@@ -216,6 +242,16 @@ class AlignStage(StageBase):
             raise ValueError(f"stage {self.name!r}: rejected_from: model rewrites the captions of "
                              "annotated scenes, which only the synthetic 'preference' source has "
                              f"(got {self.sources}); use rejected_from: data")
+        if self.reference != "copy" and self.rejected_from == "model":
+            raise ValueError(f"stage {self.name!r}: rejected_from: model captions with the "
+                             f"reference while the policy trains, which needs reference: copy "
+                             f"(got reference: {self.reference})")
+        if self.reference == "adapters":
+            modes = set(self.unfreeze.values())
+            if "lora" not in modes or "full" in modes:
+                raise ValueError(f"stage {self.name!r}: reference: adapters needs a LoRA policy "
+                                 "(every group lora or frozen, at least one lora: with the "
+                                 f"adapters off it is the parent model); unfreeze is {self.unfreeze}")
         return self
 
 
@@ -233,9 +269,25 @@ def parse_stage(data: Any) -> StageBase:
 
 
 class Evaluation(_Strict):
+    """The benchmark settings and the promotion gate (registry/promotion.py). The gate promotes
+    only when the 95 % interval of the paired gain on ``primary_metric`` lies above
+    ``min_delta`` and no guarded metric drops past its tolerance beyond its own interval; by
+    default it guards the pooled hallucination rate and every suite's primary score."""
+
     primary_metric: str = "vqa_accuracy"
-    min_delta: float = 0.0
-    guarded: dict[str, float] = Field(default_factory=dict)
+    min_delta: float = Field(0.0, allow_inf_nan=False)
+    # metric -> how much it may drop (beyond its interval); a metric named here overrides
+    # its suite's guard
+    guarded: dict[str, float] = Field(default_factory=lambda: {"hallucination_rate": 0.0})
+    # tolerance of each suite's primary score (synthetic vqa_accuracy, POPE mean_f1, official
+    # accuracy, caption CIDEr), the gate's primary excepted; None: suites are not guarded
+    guard_suites: float | None = Field(0.0, ge=0, allow_inf_nan=False)
+    # metrics (or name suffixes after "_") where lower is better; the rest: higher is better
+    lower_is_better: list[str] = Field(
+        default_factory=lambda: ["hallucination_rate", "chair_i", "unparsed"])
+    confidence: float = Field(0.95, gt=0, lt=1)  # of every interval
+    resamples: int = Field(2000, gt=0)  # bootstrap draws per interval
+    interval_seed: int = 0  # seed of the bootstrap draws
     max_new_tokens: int = 24
     batch_size: int = 32
     samples_to_log: int = 16
@@ -243,6 +295,9 @@ class Evaluation(_Strict):
 
     @model_validator(mode="after")
     def _valid_suites(self) -> Evaluation:
+        bad = {m: t for m, t in self.guarded.items() if not 0 <= t < float("inf")}
+        if bad:
+            raise ValueError(f"evaluate.guarded: tolerances must be finite and >= 0, got {bad}")
         if self.suites:
             from components.evaluation.suites import parse_suites
 
@@ -251,8 +306,8 @@ class Evaluation(_Strict):
 
 
 class Recipe(_Strict):
-    name: str
-    registered_model: str
+    name: SafeName
+    registered_model: SafeName
     seed: int = 0
     data: DataParams = DataParams()
     backbones: Backbones | None = Backbones()
@@ -347,7 +402,10 @@ _FIRST_STAGE_OPTIONS = {"beta": 0.1, "loss": "sigmoid", "sft_weight": 1.0, "text
                         "packing": False}
 _LATER_STAGE_OPTIONS = {"mixture": None, "lora_rank": 8, "split_turns": False,
                         "ground_connector": None, "question_types": None, "loss_average": "token",
-                        "rejected_from": "data"}
+                        "rejected_from": "data", "dtype": "fp32"}
+# how a stage computes, not what: recomputed activations and the reference's source give the
+# same result, so they are never keyed (a run with them reuses the version without)
+_NOT_KEYED_STAGE_OPTIONS = ("gradient_checkpointing", "reference")
 _LATER_TRAIN = {"schedule": "cosine", "decay_fraction": 0.2}
 _LATER_MODEL = {"connector_init": "random", "resampler_latents": 16, "resampler_depth": 2,
                 "resampler_heads": 4, "cross_layer_interval": 1, "fusion_vision": None,
@@ -363,12 +421,28 @@ def _train_view(train: TrainSettings) -> dict:
 
 
 def _stage_view(stage: StageBase) -> dict:
-    data = {**_FIRST_STAGE_OPTIONS, **stage.model_dump(mode="json"), "train": _train_view(stage.train)}
+    data = {**_FIRST_STAGE_OPTIONS, **stage.model_dump(mode="json", exclude=set(_NOT_KEYED_STAGE_OPTIONS)),
+            "train": _train_view(stage.train)}
     return _without_defaults(data, _LATER_STAGE_OPTIONS)
 
 
 def _model_view(model: ModelSpec) -> dict:
     return _without_defaults(model.model_dump(mode="json"), _LATER_MODEL)
+
+
+# The first keys hashed the whole evaluate section, the gate's thresholds too, though no score
+# depends on them: they are keyed at their first defaults, so tuning the gate never re-scores a
+# version; the gate's later fields are left out; the interval settings (their intervals are
+# recorded with the scores) are left out at their defaults.
+_FIRST_GATE = {"min_delta": 0.0, "guarded": {}}
+_GATE_ONLY = ("guard_suites", "lower_is_better")
+_LATER_EVALUATION = {"confidence": 0.95, "resamples": 2000, "interval_seed": 0}
+
+
+def evaluation_view(evaluate: Evaluation) -> dict:
+    """What a version's scores depend on in the evaluate section (the cache keys' view)."""
+    data = {**evaluate.model_dump(mode="json", exclude=set(_GATE_ONLY)), **_FIRST_GATE}
+    return _without_defaults(data, _LATER_EVALUATION)
 
 
 def fingerprint(*parts: Any) -> str:
@@ -395,4 +469,4 @@ def backbone_cache_key(recipe: Recipe, backbone: VisionBackbone | TextBackbone, 
 
 def evaluation_cache_key(recipe: Recipe, data_version: str) -> str:
     """What the default suite's scores of a version depend on (besides the version itself)."""
-    return fingerprint(recipe.evaluate, data_version)
+    return fingerprint(evaluation_view(recipe.evaluate), data_version)

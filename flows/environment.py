@@ -35,6 +35,11 @@ def vlmforge_home() -> Path:
     return Path(os.environ.get("VLMFORGE_HOME", ".vlmforge")).resolve()
 
 
+def data_workspace(recipe_name: str) -> Path:
+    """The DVC workspace of a recipe's data stage (`flows.stages.data.workspace_for`)."""
+    return vlmforge_home() / "data" / recipe_name
+
+
 def configure_environment() -> Path:
     """Set the offline defaults (existing variables win) and return the home directory."""
     home = vlmforge_home()

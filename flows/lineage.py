@@ -40,9 +40,15 @@ def log_data_inputs(data: DataVersion, run_id: str | None = None) -> None:
 
 
 def dataset_tags(data: DataVersion) -> dict[str, str]:
-    """``dataset.<name>`` -> the content hash of each external dataset the data holds: the
-    lineage every run and registered version trained on it carries."""
-    return {f"dataset.{name}": digest for name, digest in sorted(data.datasets.items())}
+    """The lineage every run and registered version trained on the data carries:
+    ``dataset.<name>`` -> the content hash of each external dataset the data holds, and
+    ``contamination.train_overlap`` (training samples whose images match an evaluation
+    suite's) with ``contamination.mode`` (report: they were trained on; quarantine: skipped)."""
+    tags = {f"dataset.{name}": digest for name, digest in sorted(data.datasets.items())}
+    if data.contamination:
+        tags["contamination.train_overlap"] = str(data.contamination["train_overlap"])
+        tags["contamination.mode"] = data.contamination["mode"]
+    return tags
 
 
 def log_data_stage(recipe: Recipe, data: DataVersion, parent_run_id: str | None) -> str:
@@ -58,6 +64,10 @@ def log_data_stage(recipe: Recipe, data: DataVersion, parent_run_id: str | None)
         report = Path(data.workspace) / "data" / "validation.json"
         if report.exists():
             registry.log_artifact(report)
+        if data.contamination:  # training images of the evaluation suites, and in-split copies
+            registry.log_metrics({"contamination_train_overlap": float(data.contamination["train_overlap"]),
+                                  "train_duplicate_pairs": float(data.contamination["train_duplicate_pairs"])})
+            registry.log_artifact(Path(data.workspace) / "data" / "contamination.json")
         for name in data.datasets:  # each dataset's ingest summary and quarantine report
             folder = Path(data.workspace) / "data" / "datasets" / name
             summary = json.loads((folder / "summary.json").read_text())

@@ -14,9 +14,10 @@ from components.recipe import STAGE_KINDS, Recipe
 from flows.lineage import git_sha, markdown_table, publish_markdown, publish_model_card, run_link
 from flows.stages.backbones import BackboneOutcome, backbones_flow
 from flows.stages.compare import COLUMNS, StageComparison, compare_stages
-from flows.stages.data import data_flow
+from flows.stages.data import data_flow, workspace_for
 from flows.stages.evaluate import EvalOutcome, evaluate_flow
 from flows.stages.training import STAGE_FLOWS, StageOutcome
+from flows.stopping import note_phase
 from flows.summary import KEY_METRICS, SHORT, Row, render
 
 
@@ -40,9 +41,14 @@ class PipelineResult:
                         ev.cached, {}))
         return rows
 
+    def scores(self) -> dict[str, float]:
+        """The evaluated version's scores: the held-out suite's and the recipe suites' (prefixed)."""
+        ev = self.evaluation
+        return {**ev.metrics, **{k: v for b in ev.benchmarks.values() for k, v in b.metrics.items()}}
+
     def summary(self, model_name: str) -> str:
         ev = self.evaluation
-        return render(self.rows(model_name), ev.metrics, ev.champion, model_name, ev.reason,
+        return render(self.rows(model_name), self.scores(), ev.champion, model_name, ev.reason,
                       self.data.version, self.seconds, self.comparison.render())
 
     def markdown(self, model_name: str) -> str:
@@ -52,7 +58,7 @@ class PipelineResult:
                    "cached" if r.cached else f"{r.seconds:.0f}",
                    " ".join(f"{SHORT[k]}={r.metrics[k]:.2f}" for k in KEY_METRICS if k in r.metrics)]
                   for r in self.rows(model_name)]
-        scores = [[k, f"{v:.3f}"] for k, v in sorted(ev.metrics.items())]
+        scores = [[k, f"{v:.3f}"] for k, v in sorted(self.scores().items())]
         return "\n\n".join([
             f"# pipeline: {model_name}, data version `{self.data.version}`, "
             f"{self.seconds:.0f}s wall",
@@ -68,19 +74,36 @@ class PipelineResult:
         ]) + "\n"
 
 
+def check_reachable(recipe: Recipe) -> None:
+    """The recipe's pre-flight for the whole pipeline (components/recipe_checks.py): raises
+    `PreflightError` naming every backbone, dataset, suite file or disk shortfall that would
+    make a stage fail, before any stage does work. `vlmforge run` runs it before the flow too,
+    so that it fails in seconds, before Prefect's server starts."""
+    from components.recipe_checks import preflight
+
+    preflight(recipe, registered=lambda name: registry.find_version(name, {}) is not None,
+              workspace=workspace_for(recipe))
+
+
 @flow(name="pipeline")
-def pipeline(recipe: Recipe, force: bool = False) -> PipelineResult:
-    """Every stage of the recipe, each reusing its previous result when nothing changed."""
+def pipeline(recipe: Recipe, force: bool = False, parent_run_id: str | None = None) -> PipelineResult:
+    """Every stage of the recipe, each reusing its previous result when nothing changed
+    (``parent_run_id``: the MLflow run this pipeline's run nests under, e.g. an ablation's)."""
     start = time.perf_counter()
-    with registry.start_run(f"pipeline-{recipe.name}",
+    check_reachable(recipe)
+    with registry.start_run(f"pipeline-{recipe.name}", parent_run_id=parent_run_id,
                             tags={"recipe": recipe.name, "git_sha": git_sha()}) as run_id:
         registry.log_params({"recipe": recipe.model_dump(mode="json")})
+        note_phase("data")
         data = data_flow(recipe, parent_run_id=run_id)
+        note_phase("backbones")
         backbones = backbones_flow(recipe, data, parent_run_id=run_id, force=force)
         stages: list[StageOutcome] = []
         for kind in STAGE_KINDS:
+            note_phase(kind)
             stages += STAGE_FLOWS[kind](recipe, data, backbones, parent_run_id=run_id, force=force,
                                         previous_version=stages[-1].version if stages else None)
+        note_phase("evaluate")
         evaluation = evaluate_flow(recipe, stages[-1].version, data, parent_run_id=run_id, force=force)
         comparison = compare_stages(recipe, {s.stage: s.version for s in stages}, data, run_id, force,
                                     scored={evaluation.version: evaluation.metrics})

@@ -33,7 +33,7 @@ def render(rows: list[Row], scores: dict[str, float], champion: str | None, mode
         wall_s = "cached" if r.cached else f"{r.seconds:.0f}"
         lines.append(f"{r.stage:<22}{(r.run_id or '-'):<34}{r.version:<16}{r.trainable:>11,}"
                      f"{wall_s:>8}  {_fmt_metrics(r.metrics)}")
-    lines += ["", "benchmark scores (held-out test split):"]
+    lines += ["", "benchmark scores (held-out test split; the recipe's suites prefixed with their name):"]
     lines += [f"  {k:<32}{v:.3f}" for k, v in sorted(scores.items())]
     if per_stage:
         lines += ["", "every stage on the held-out test split:", per_stage]

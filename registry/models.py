@@ -1,13 +1,19 @@
 """Model registry: log a saved HF model directory as a pyfunc version, look versions up.
 
 Versions are identified by ``(name, version)`` strings. MLflow is imported lazily.
+A version's pyfunc is logged from code (``registry/served_model.py`` plus the ``registry`` and
+``components`` packages as ``code_paths``), never as a pickle; the sha256 of that code is kept
+in the tracking store, apart from the artifacts (:func:`code_digest`, :data:`CODE_DIGEST_TAG`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import shutil
+import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import Iterator, Mapping
@@ -20,6 +26,10 @@ from .tracking import client, current_config
 
 HF_ARTIFACT = "hf_model"  # artifact key of the HF directory inside the pyfunc model
 REGISTER_TIMEOUT_S = 300
+SERVED_MODEL_FILE = Path(__file__).resolve().with_name("served_model.py")
+CODE_PACKAGES = ("registry", "components")  # what the served model imports, logged beside it
+CODE_DIR = "code"  # where MLflow puts code_paths inside a logged model
+CODE_DIGEST_TAG = "vlmforge.code_sha256"  # a LoggedModel tag: lives in the tracking store
 _PIP_PACKAGES = ("mlflow", "torch", "transformers", "pillow", "pandas", "numpy")
 _SAFE = re.compile(r"^[^'`\\]*$")  # values we can inline in a search filter
 
@@ -52,7 +62,7 @@ def _signature() -> Any:
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
     from mlflow.types.schema import AnyType
 
-    from .pyfunc_model import DEFAULT_MAX_NEW_TOKENS
+    from .serving_limits import LIMITS
 
     return ModelSignature(
         inputs=Schema(
@@ -61,13 +71,13 @@ def _signature() -> Any:
                 ColSpec("string", "question", required=False),
                 # a list of [question, answer] pairs or its JSON string
                 ColSpec(AnyType(), "history", required=False),
-                # an integer in [1, MAX_NEW_TOKENS_LIMIT]; typed "long", rows with and without
+                # an integer in [1, LIMITS.max_new_tokens]; typed "long", rows with and without
                 # it would not mix (NaN) and MLflow would reject them without naming the row
                 ColSpec(AnyType(), "max_new_tokens", required=False),
             ]
         ),
         outputs=Schema([ColSpec("string", "answer")]),
-        params=ParamSchema([ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS)]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", LIMITS.default_new_tokens)]),
     )
 
 
@@ -84,9 +94,39 @@ def _is_vlm(hf_dir: Path) -> bool:
     return model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 
+def _code_files(root: Path) -> Iterator[tuple[str, Path]]:
+    """(path inside a logged model, file) of everything that runs when the model loads."""
+    yield SERVED_MODEL_FILE.name, root / SERVED_MODEL_FILE.name
+    for path in sorted((root / CODE_DIR).rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            yield path.relative_to(root).as_posix(), path
+
+
+def code_digest(root: Path) -> str:
+    """sha256 over the code a logged model runs on load: its code file and its ``code/`` tree
+    (names and bytes), as laid out under ``root`` (a logged model, or :func:`_code_snapshot`)."""
+    digest = hashlib.sha256()
+    for name, path in _code_files(Path(root)):
+        data = path.read_bytes()
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _code_snapshot(target: Path) -> Path:
+    """The code file and packages copied once, as the logged model will hold them: what is
+    hashed is what is logged, even while the working tree changes."""
+    project = SERVED_MODEL_FILE.parent.parent
+    shutil.copy(SERVED_MODEL_FILE, target / SERVED_MODEL_FILE.name)
+    for package in CODE_PACKAGES:
+        shutil.copytree(project / package, target / CODE_DIR / package,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return target
+
+
 @contextmanager
 def _quiet_pyfunc_logging() -> Iterator[None]:
-    """Silence MLflow's advice on cloudpickle and input examples while logging."""
+    """Silence MLflow's advice on input examples while logging."""
     logger = logging.getLogger("mlflow.pyfunc")
     level = logger.level
     logger.setLevel(logging.ERROR)
@@ -120,7 +160,9 @@ def register_hf_model(
     """Log ``hf_dir`` as a pyfunc model of run ``run_id`` and register it as a new version.
 
     The run need not be active (or even running) in this thread. Returns the version
-    once it is READY. Loading the pyfunc needs the ``registry`` package importable.
+    once it is READY. The pyfunc is logged from code (``served_model.py`` with the
+    ``registry`` and ``components`` packages beside it), so loading it unpickles nothing and
+    needs no project on the path; the code's :func:`code_digest` is a tag of the LoggedModel.
     A VLM (``vlm``; by default: the config's model type is an image-text-to-text one) is
     logged with the serving signature and an input example, which MLflow checks by
     loading the logged model and answering the example once; other directories
@@ -129,7 +171,7 @@ def register_hf_model(
     import mlflow.pyfunc
     from mlflow.models import Model
 
-    from .pyfunc_model import VLMPyfunc, example_input
+    from .pyfunc_model import example_input
 
     hf_dir = Path(hf_dir).resolve()
     if not hf_dir.is_dir():
@@ -139,23 +181,27 @@ def register_hf_model(
     c = client()
     str_tags = {k: str(v) for k, v in tags.items()}
     exp_id = c.get_run(run_id).info.experiment_id
-    # Create the LoggedModel in the run's experiment explicitly: MLflow would otherwise use
-    # this thread's active run or the Default experiment.
-    logged = c.create_logged_model(exp_id, name=_slug(name), source_run_id=run_id, tags=str_tags)
-    with _quiet_pyfunc_logging():
-        # Model.log is what mlflow.pyfunc.log_model calls; unlike it, it accepts run_id.
-        Model.log(
-            artifact_path=None,  # deprecated but positional; MLflow 3 uses `name`
-            name=_slug(name),
-            flavor=mlflow.pyfunc,
-            run_id=run_id,
-            model_id=logged.model_id,
-            python_model=VLMPyfunc(),
-            artifacts={HF_ARTIFACT: str(hf_dir)},
-            pip_requirements=_pip_requirements(),
-            signature=_signature() if vlm else None,
-            input_example=example_input() if vlm else None,
-        )
+    with tempfile.TemporaryDirectory(prefix="vlmforge-code-") as tmp:
+        code = _code_snapshot(Path(tmp))
+        # Create the LoggedModel in the run's experiment explicitly: MLflow would otherwise use
+        # this thread's active run or the Default experiment.
+        logged = c.create_logged_model(exp_id, name=_slug(name), source_run_id=run_id,
+                                       tags={**str_tags, CODE_DIGEST_TAG: code_digest(code)})
+        with _quiet_pyfunc_logging():
+            # Model.log is what mlflow.pyfunc.log_model calls; unlike it, it accepts run_id.
+            Model.log(
+                artifact_path=None,  # deprecated but positional; MLflow 3 uses `name`
+                name=_slug(name),
+                flavor=mlflow.pyfunc,
+                run_id=run_id,
+                model_id=logged.model_id,
+                python_model=str(code / SERVED_MODEL_FILE.name),  # models-from-code
+                code_paths=[str(code / CODE_DIR / p) for p in CODE_PACKAGES],
+                artifacts={HF_ARTIFACT: str(hf_dir)},
+                pip_requirements=_pip_requirements(),
+                signature=_signature() if vlm else None,
+                input_example=example_input() if vlm else None,
+            )
     _ensure_registered_model(name)
     mv = c.create_model_version(
         name,
@@ -294,6 +340,41 @@ def get_alias(name: str, alias: str) -> str | None:
 def set_alias(name: str, alias: str, version: str) -> None:
     """Point ``alias`` of model ``name`` at ``version`` (moving it if held elsewhere)."""
     client().set_registered_model_alias(name, alias, str(version))
+
+
+CAS_SETTLE_S = 0.2  # wait before the check after a move: a racing move lands in it
+
+
+class AliasRaceError(RuntimeError):
+    """Another move of the alias came between this one's check and its move: the alias is
+    left to the other mover, never overwritten."""
+
+    def __init__(self, name: str, alias: str, version: str, expected: str | None,
+                 found: str | None) -> None:
+        self.name, self.alias, self.version = name, alias, str(version)
+        self.expected, self.found = expected, found
+        held = lambda v: f"v{v}" if v else "no version"  # noqa: E731
+        super().__init__(f"'{alias}' of {name} moved to {held(found)} while v{version} was gated "
+                         f"against {held(expected)}; nothing recorded on v{version}: gate it "
+                         f"again against {held(found)}")
+
+
+def move_alias(name: str, alias: str, version: str, *, expected: str | None) -> None:
+    """Compare-and-swap: point ``alias`` at ``version`` only if it still points at ``expected``
+    (None: unset). The alias is re-read right before the move and again after it, once a racing
+    move has had time to land; either read finding another holder raises
+    :class:`AliasRaceError`. MLflow has no atomic alias update, so two moves whose re-reads
+    both precede both writes and both checks can still both pass; the scheduled flows that
+    promote share one Prefect work queue of concurrency 1, which keeps them apart."""
+    version = str(version)
+    current = get_alias(name, alias)
+    if current != expected:
+        raise AliasRaceError(name, alias, version, expected, current)
+    set_alias(name, alias, version)
+    time.sleep(CAS_SETTLE_S)
+    after = get_alias(name, alias)
+    if after != version:
+        raise AliasRaceError(name, alias, version, expected, after)
 
 
 def set_version_tags(name: str, version: str, tags: Mapping[str, Any]) -> None:

@@ -1,54 +1,82 @@
 """MLflow pyfunc wrapper around a saved transformers image-text-to-text model.
 
-Request rows (a DataFrame, one answer per row):
+Request rows (a DataFrame, one answer per row), checked by :mod:`registry.serving_input`
+against :data:`registry.serving_limits.LIMITS`:
 
-- ``image``: base64 string, ``data:image/...;base64,...`` URL, or a file path readable
-  by the serving process (raw bytes and PIL images also work in-process);
-- ``question``: the user's text;
+- ``image``: base64 string or ``data:image/...;base64,...`` URL of a PNG, JPEG or WEBP file
+  (raw bytes and PIL images also work in-process); never a path;
+- ``question``: the user's text, without the model's special tokens;
 - ``history`` (optional): prior ``(question, answer)`` turns, as a list of pairs or a
   JSON string of one; the image belongs to the first turn;
 - ``max_new_tokens`` (optional): per-row generation budget, else the ``max_new_tokens``
-  param, else :data:`DEFAULT_MAX_NEW_TOKENS`.
+  param, else ``LIMITS.default_new_tokens``.
 
-Output: a DataFrame with one column, ``answer``. Every row is validated before any
-generation; a bad request raises ``MlflowException(INVALID_PARAMETER_VALUE)`` (HTTP 400
-from ``mlflow models serve``) naming each bad row and rule, and the model stays usable.
+Output: a DataFrame with one column, ``answer``. Every row is checked before any pixel is
+decoded or token generated; a bad request raises ``MlflowException(INVALID_PARAMETER_VALUE)``
+(HTTP 400) naming each bad row and rule, never a stack trace. Rows are then answered one at
+a time under the model lock, each image decoded just before its generation. Generation
+stops at the request's deadline (its server timeout), so a timed-out request frees the lock.
 
-Imports mlflow at module level (it subclasses PythonModel): import this module lazily.
+Logged as code (:mod:`registry.served_model`), never pickled. Imports mlflow at module level
+(it subclasses PythonModel): import this module lazily.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import io
-import json
-import math
-import numbers
+import logging
 import os
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import mlflow.pyfunc
 import pandas as pd
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import (
+    DEADLINE_EXCEEDED,
+    INTERNAL_ERROR,
+    INVALID_PARAMETER_VALUE,
+)
+
+from .serving_input import (
+    RequestError,
+    RequestRejected,
+    RowRequest,
+    SpecialTokens,
+    decode_image,
+    parse_request,
+)
+from .serving_limits import LIMITS
 
 HF_ARTIFACT = "hf_model"
-DEFAULT_MAX_NEW_TOKENS = 64
-MAX_NEW_TOKENS_LIMIT = 512  # max_new_tokens must lie in [1, MAX_NEW_TOKENS_LIMIT]
-MAX_IMAGE_BYTES = 10 * 1024 * 1024  # encoded image file size (after base64 decoding)
-MAX_IMAGE_PIXELS = 4096 * 4096  # width * height, checked from the header before decoding
-MAX_PROMPT_TOKENS = 4096  # prompt incl. image tokens; also capped by the model's context
-MAX_HISTORY_TURNS = 32
-_MAX_PATH_LEN = 4096
-_MAX_B64_CHARS = 4 * ((MAX_IMAGE_BYTES + 2) // 3)  # longest base64 text within MAX_IMAGE_BYTES
-
-INPUT_COLUMNS = ("image", "question", "history", "max_new_tokens")
-
-
 EXAMPLE_QUESTION = "What is in the image?"
 EXAMPLE_MAX_NEW_TOKENS = 8
+_TIMEOUT_ENV = "MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"
+_SERVING_ENV = "_MLFLOW_IS_IN_SERVING_ENVIRONMENT"  # set by MLflow's scoring server
+_logger = logging.getLogger(__name__)
+
+# time.monotonic() by which the request being predicted must be answered: set by the guard of
+# `vlmforge serve` (registry.serving_app) when the request arrives; the copy of the context
+# asyncio.to_thread makes carries it into predict's thread.
+REQUEST_DEADLINE: ContextVar[float | None] = ContextVar("vlmforge_request_deadline", default=None)
+
+
+class DeadlineExceeded(Exception):
+    """The request's time is up: the server has already answered it with a 504."""
+
+
+def request_deadline() -> float | None:
+    """The current request's deadline; under plain `mlflow models serve` (no guard) its
+    timeout counted from now; None in-process, where nothing times out."""
+    deadline = REQUEST_DEADLINE.get()
+    if deadline is None and os.environ.get(_SERVING_ENV, "").lower() == "true":
+        deadline = time.monotonic() + float(os.environ.get(_TIMEOUT_ENV, LIMITS.request_timeout_s))
+    return deadline
 
 
 def example_image_base64(size: int = 16) -> str:
@@ -73,142 +101,32 @@ def example_input() -> pd.DataFrame:
     )
 
 
-class RequestError(ValueError):
-    """One rule broken by one row (or by the request's params)."""
+def special_tokens(processor: Any) -> SpecialTokens:
+    """Every special or added token of the model's tokenizer, and the image placeholders."""
+    from components.model.chat import IMAGE_PLACEHOLDERS
+
+    tokenizer = processor.tokenizer
+    names = {*tokenizer.all_special_tokens, *tokenizer.get_added_vocab(), *IMAGE_PLACEHOLDERS}
+    for attr in ("image_token", "fake_image_token", "global_image_tag", "global_image_token"):
+        value = getattr(processor, attr, None)
+        value = getattr(value, "content", value)  # an AddedToken
+        if isinstance(value, str):
+            names.add(value)
+    return SpecialTokens(names)
 
 
-def _invalid(problems: list[str]) -> MlflowException:
-    return MlflowException(
-        "Invalid request: " + "; ".join(problems), error_code=INVALID_PARAMETER_VALUE
-    )
+def _deadline_stop(deadline: float) -> Any:
+    """A stopping criterion that ends generation (every row) once ``deadline`` has passed."""
+    import torch
+    from transformers import StoppingCriteria
 
+    class _Deadline(StoppingCriteria):
+        def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> Any:
+            done = time.monotonic() >= deadline
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool,
+                              device=input_ids.device)
 
-def _missing(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):  # lists and arrays are not missing
-        return False
-
-
-def _image_from_bytes(data: bytes) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    if len(data) > MAX_IMAGE_BYTES:
-        raise RequestError(
-            f"image is {len(data)} bytes, over the limit of {MAX_IMAGE_BYTES} bytes"
-        )
-    if not data:
-        raise RequestError("image is empty")
-    try:
-        with Image.open(io.BytesIO(data)) as img:  # reads the header only
-            _check_pixels(img.size)
-            return img.convert("RGB")
-    except RequestError:
-        raise
-    except Image.DecompressionBombError:
-        raise RequestError(f"image is over the limit of {MAX_IMAGE_PIXELS} pixels") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise RequestError(f"'image' is not a decodable image ({type(e).__name__})") from None
-
-
-def _check_pixels(size: tuple[int, int]) -> None:
-    width, height = size
-    if width * height > MAX_IMAGE_PIXELS:
-        raise RequestError(
-            f"image is {width}x{height} = {width * height} pixels, "
-            f"over the limit of {MAX_IMAGE_PIXELS} pixels"
-        )
-
-
-def _decode_base64(text: str) -> bytes:
-    if text.startswith("data:"):
-        header, sep, text = text.partition(",")
-        if not sep or not header.endswith(";base64"):
-            raise RequestError("'image' data URL must be of the form data:<type>;base64,<data>")
-    text = "".join(text.split())  # tolerate line-wrapped base64
-    if len(text) > _MAX_B64_CHARS:
-        raise RequestError(
-            f"image is about {len(text) * 3 // 4} bytes, over the limit of {MAX_IMAGE_BYTES} bytes"
-        )
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(
-            "'image' is not valid base64 (expected base64, a base64 data URL or a file path)"
-        ) from None
-
-
-def load_image(value: Any) -> Any:
-    """A PIL RGB image from a file path, raw bytes, or (data-URL) base64 string.
-
-    Raises :class:`RequestError` for anything that is not an image within the size limits.
-    """
-    from PIL import Image
-
-    if isinstance(value, Image.Image):
-        _check_pixels(value.size)
-        return value.convert("RGB")
-    if isinstance(value, bytes | bytearray | memoryview):
-        return _image_from_bytes(bytes(value))
-    if not isinstance(value, str):
-        raise RequestError(f"'image' must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise RequestError("'image' is empty")
-    if not value.startswith("data:") and len(value) <= _MAX_PATH_LEN and os.path.isfile(value):
-        size = os.path.getsize(value)
-        if size > MAX_IMAGE_BYTES:
-            raise RequestError(f"image is {size} bytes, over the limit of {MAX_IMAGE_BYTES} bytes")
-        with open(value, "rb") as f:
-            return _image_from_bytes(f.read())
-    return _image_from_bytes(_decode_base64(value))
-
-
-def parse_history(value: Any) -> list[tuple[str, str]]:
-    """Prior ``(question, answer)`` turns from a list of pairs or its JSON string."""
-    if _missing(value):
-        return []
-    if isinstance(value, str):
-        if not value.strip():
-            return []
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            raise RequestError("'history' is not valid JSON") from None
-    if hasattr(value, "tolist"):  # numpy arrays from the schema enforcement
-        value = value.tolist()
-    if not isinstance(value, list | tuple):
-        raise RequestError("'history' must be a list of [question, answer] pairs")
-    if len(value) > MAX_HISTORY_TURNS:
-        raise RequestError(
-            f"'history' has {len(value)} turns, over the limit of {MAX_HISTORY_TURNS}"
-        )
-    turns = []
-    for i, turn in enumerate(value):
-        if hasattr(turn, "tolist"):
-            turn = turn.tolist()
-        if (
-            not isinstance(turn, list | tuple)
-            or len(turn) != 2
-            or not all(isinstance(t, str) for t in turn)
-        ):
-            raise RequestError(f"'history' turn {i} must be a [question, answer] pair of strings")
-        turns.append((turn[0], turn[1]))
-    return turns
-
-
-def parse_max_new_tokens(value: Any, name: str = "'max_new_tokens'") -> int:
-    """An integer in ``[1, MAX_NEW_TOKENS_LIMIT]`` (integral floats from JSON are accepted)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise RequestError(f"{name} must be an integer, got {value!r}")
-    if isinstance(value, float) or not isinstance(value, numbers.Integral):
-        if not math.isfinite(float(value)) or float(value) != int(value):
-            raise RequestError(f"{name} must be an integer, got {value!r}")
-    tokens = int(value)
-    if not 1 <= tokens <= MAX_NEW_TOKENS_LIMIT:
-        raise RequestError(f"{name} is {tokens}, outside the range [1, {MAX_NEW_TOKENS_LIMIT}]")
-    return tokens
+    return _Deadline()
 
 
 class VLMPyfunc(mlflow.pyfunc.PythonModel):
@@ -218,7 +136,10 @@ class VLMPyfunc(mlflow.pyfunc.PythonModel):
         self.model: Any = None
         self.processor: Any = None
         self.encoder: Any = None
-        self._lock: Any = None  # created on load: locks do not pickle
+        self.special = SpecialTokens(())
+        # One row at a time holds the model: decoding, encoding (fast tokenizers are not
+        # thread-safe) and generation; MLflow's server calls predict from several threads.
+        self._lock = threading.Lock()
 
     def load_context(self, context: Any) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -227,68 +148,65 @@ class VLMPyfunc(mlflow.pyfunc.PythonModel):
         from components.model.chat import ChatEncoder
 
         path = context.artifacts[HF_ARTIFACT]
-        self.processor = AutoProcessor.from_pretrained(path)
-        self.model = AutoModelForImageTextToText.from_pretrained(path).eval()
+        self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=False)
+        # safetensors only: a pickled weights file in the artifact is refused, not loaded
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            path, use_safetensors=True, trust_remote_code=False).eval()
         # prompts are laid out exactly as in training and evaluation, for every architecture
-        self.encoder = ChatEncoder(self.processor, max_length=MAX_PROMPT_TOKENS)
-        self._lock = threading.Lock()
+        self.encoder = ChatEncoder(self.processor, max_length=LIMITS.max_prompt_tokens)
+        self.special = special_tokens(self.processor)
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
-        if not isinstance(model_input, pd.DataFrame):
-            model_input = pd.DataFrame(model_input)
-        default_tokens = DEFAULT_MAX_NEW_TOKENS
-        if not _missing((params or {}).get("max_new_tokens")):
-            try:
-                default_tokens = parse_max_new_tokens(
-                    params["max_new_tokens"], "param 'max_new_tokens'"
-                )
-            except RequestError as e:
-                raise _invalid([str(e)]) from None
-        requests, problems = [], []
-        for i, row in enumerate(model_input.to_dict("records")):
-            try:
-                requests.append(self._parse_row(row, default_tokens))
-            except RequestError as e:
-                problems.append(f"row {i}: {e}")
-        if problems:  # nothing is generated for a request with any bad row
-            raise _invalid(problems)
-        encoded, problems = [], []
-        for i, (image, question, history, tokens) in enumerate(requests):
-            try:
-                encoded.append((self.encode(image, question, history, tokens), tokens))
-            except RequestError as e:
-                problems.append(f"row {i}: {e}")
-        if problems:
-            raise _invalid(problems)
-        return pd.DataFrame({"answer": [self.generate(inputs, n) for inputs, n in encoded]})
+        deadline = request_deadline()
+        try:
+            rows = parse_request(model_input, params, self.special)
+            answers = [self._answer_row(i, row, deadline) for i, row in enumerate(rows)]
+        except RequestRejected as e:
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+        except DeadlineExceeded:
+            raise MlflowException("the request ran past its deadline (the server's request "
+                                  "timeout); its generation was stopped",
+                                  error_code=DEADLINE_EXCEEDED) from None
+        except Exception:
+            _logger.exception("internal error while answering a request")
+            raise MlflowException("internal error while answering the request (details are "
+                                  "in the server's log)", error_code=INTERNAL_ERROR) from None
+        return pd.DataFrame({"answer": answers})
 
-    @staticmethod
-    def _parse_row(row: dict[str, Any], default_tokens: int) -> tuple[Any, str, list, int]:
-        for field in ("image", "question"):
-            if _missing(row.get(field)):
-                raise RequestError(f"missing field '{field}'")
-        question = row["question"]
-        if not isinstance(question, str):
-            raise RequestError(f"'question' must be a string, got {type(question).__name__}")
-        if not question.strip():
-            raise RequestError("'question' is empty")
-        history = parse_history(row.get("history"))
-        tokens = row.get("max_new_tokens")
-        tokens = default_tokens if _missing(tokens) else parse_max_new_tokens(tokens)
-        return load_image(row["image"]), question, history, tokens
+    def _answer_row(self, index: int, row: RowRequest, deadline: float | None) -> str:
+        with self._model_turn(deadline):
+            try:
+                image = row.image if row.header is None else decode_image(row.image, row.header)
+                encoded = self._encode(image, row.question, row.history, row.max_new_tokens)
+            except RequestError as e:
+                raise RequestRejected([f"row {index}: {e}"]) from None
+            return self._generate(encoded, row.max_new_tokens, deadline)
+
+    @contextmanager
+    def _model_turn(self, deadline: float | None) -> Iterator[None]:
+        """Hold the model lock; give up at ``deadline`` rather than wait past it."""
+        wait = -1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not self._lock.acquire(timeout=wait):
+            raise DeadlineExceeded
+        try:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded
+            yield
+        finally:
+            self._lock.release()
 
     def prompt_limit(self, max_new_tokens: int) -> int:
-        """Most prompt tokens allowed: MAX_PROMPT_TOKENS, and room for the answer in context."""
+        """Most prompt tokens allowed: max_prompt_tokens, and room for the answer in context."""
         text_config = getattr(self.model.config, "text_config", self.model.config)
         context = getattr(text_config, "max_position_embeddings", None)
-        limit = MAX_PROMPT_TOKENS
+        limit = LIMITS.max_prompt_tokens
         if context:
             limit = min(limit, int(context) - max_new_tokens)
         return limit
 
-    def encode(
+    def _encode(
         self, image: Any, question: str, history: list[tuple[str, str]], max_new_tokens: int
     ) -> Any:
         """Processor inputs for one conversation; the image goes with the first user turn."""
@@ -299,17 +217,22 @@ class VLMPyfunc(mlflow.pyfunc.PythonModel):
             messages.append({"role": "user", "content": [{"type": "image"}] * (n == 0) + content})
             if a is not None:
                 messages.append({"role": "assistant", "content": [{"type": "text", "text": a}]})
-        with self._lock or threading.Lock():  # fast tokenizers are not thread-safe
+        try:
             encoded = self.encoder.prompt(messages, [image])
+        except (ValueError, OSError) as e:  # the processor's refusal of these pixels
+            raise RequestError(f"'image' could not be prepared for the model "
+                               f"({type(e).__name__})") from None
         n_tokens = len(encoded.input_ids)
         limit = self.prompt_limit(max_new_tokens)
         if n_tokens > limit:
-            raise RequestError(f"prompt is {n_tokens} tokens, over the limit of {limit} tokens")
+            raise RequestError(f"prompt is {n_tokens} tokens, over the limit of {limit} tokens "
+                               "(max_prompt_tokens and the model's context)")
         return encoded
 
-    def generate(self, encoded: Any, max_new_tokens: int) -> str:
-        """Greedy answer for one encoded prompt; only new tokens are decoded."""
+    def _generate(self, encoded: Any, max_new_tokens: int, deadline: float | None) -> str:
+        """Greedy answer for one encoded prompt, stopped at ``deadline``; new tokens only."""
         import torch
+        from transformers import StoppingCriteriaList
 
         from components.model.chat import collate
 
@@ -318,13 +241,16 @@ class VLMPyfunc(mlflow.pyfunc.PythonModel):
         batch.pop("labels")
         batch = {k: v.to(self.model.device, dtype=self.model.dtype) if v.is_floating_point()
                  else v.to(self.model.device) for k, v in batch.items()}
-        # One generation at a time: the scoring server calls predict from several threads.
-        with self._lock or threading.Lock(), torch.inference_mode():
+        stop = None if deadline is None else StoppingCriteriaList([_deadline_stop(deadline)])
+        with torch.inference_mode():
             out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                       pad_token_id=tokenizer.pad_token_id,
-                                      eos_token_id=tokenizer.eos_token_id)
-            new_tokens = out[:, batch["input_ids"].shape[1] :]
-            return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)[0].strip()
+                                      eos_token_id=tokenizer.eos_token_id,
+                                      stopping_criteria=stop)
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded
+        new_tokens = out[:, batch["input_ids"].shape[1] :]
+        return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)[0].strip()
 
     def answer(
         self,
@@ -333,6 +259,7 @@ class VLMPyfunc(mlflow.pyfunc.PythonModel):
         max_new_tokens: int,
         history: list[tuple[str, str]] | None = None,
     ) -> str:
-        """Greedy answer for one image/question pair (no request validation of the values)."""
-        return self.generate(self.encode(image, question, history or [], max_new_tokens),
-                             max_new_tokens)
+        """Greedy answer for one image/question pair (no request checks of the values)."""
+        with self._model_turn(None):
+            encoded = self._encode(image, question, history or [], max_new_tokens)
+            return self._generate(encoded, max_new_tokens, None)

@@ -36,7 +36,7 @@ class TrackingConfig:
 
 _lock = threading.RLock()
 _config: TrackingConfig | None = None
-_own_uri: str | None = None  # the URI we exported to MLFLOW_TRACKING_URI ourselves
+_own_uris: set[str] = set()  # URIs we exported to MLFLOW_TRACKING_URI ourselves (per home)
 _experiments: dict[tuple[str, str], str] = {}
 
 
@@ -45,11 +45,12 @@ def configure(home: Path) -> TrackingConfig:
 
     Idempotent; calling it with another home re-targets the process.
     """
-    global _config, _own_uri
+    global _config
     home = Path(home).expanduser().resolve()
     env_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    # mlflow.set_tracking_uri exports the env var itself: only a foreign value counts as user-set.
-    user_uri = env_uri if env_uri and env_uri != _own_uri else None
+    # mlflow.set_tracking_uri exports the env var itself: only a foreign value counts as user-set
+    # (a value we exported for an earlier home, restored by whoever saved the env, is ours too).
+    user_uri = env_uri if env_uri and env_uri not in _own_uris else None
     uri = user_uri or f"sqlite:///{home}/mlflow.db"
     config = TrackingConfig(home, uri, uri, home / "mlartifacts")
     with _lock:
@@ -63,7 +64,8 @@ def configure(home: Path) -> TrackingConfig:
             _init_sqlite(uri, config.artifact_root)
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        _own_uri = None if user_uri else uri
+        if not user_uri:
+            _own_uris.add(uri)
         _config = config
     return config
 
@@ -331,3 +333,33 @@ def run_url(run_id: str) -> str | None:
         return None
     exp_id = client().get_run(run_id).info.experiment_id
     return f"{uri.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}"
+
+
+def end_interrupted_runs(tag: str, value: str, since: float) -> list[str]:
+    """End KILLED the runs tagged ``tag`` = ``value`` (one command's runs) that a stop left
+    RUNNING, or that ended FAILED at or after ``since`` (epoch seconds: when the stop signal
+    came; Prefect's `TerminationSignal` passing through `start_run` ends a run FAILED).
+    Returns the names of the runs the stop interrupted (those and the ones `start_run`
+    already ended KILLED since), oldest first; nothing when the store was never configured
+    (no run can have started)."""
+    if _config is None:
+        return []
+    from mlflow.entities import ViewType
+
+    c = client()
+    experiments = [e.experiment_id for e in c.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
+    if not experiments:
+        return []
+    runs = c.search_runs(experiments, filter_string=f"tags.`{tag}` = '{value}'",
+                         run_view_type=ViewType.ACTIVE_ONLY, max_results=1000,
+                         order_by=["attributes.start_time ASC"])
+    ended = []
+    for run in runs:
+        info = run.info
+        after = (info.end_time or 0) >= since * 1000 - 1000  # (end times are whole ms)
+        if info.status == "RUNNING" or (info.status == "FAILED" and after):
+            c.set_terminated(info.run_id, "KILLED")
+            ended.append(info.run_name)
+        elif info.status == "KILLED" and after:
+            ended.append(info.run_name)
+    return ended

@@ -136,8 +136,9 @@ def test_flows_top_level_holds_only_the_wiring():
 
 
 def test_tests_mirror_the_source_tree():
-    """tests/<folder>/ exists in the source too (plus the cross-cutting integration/ suite)."""
-    cross_cutting = {"integration"}
+    """tests/<folder>/ exists in the source too (plus the cross-cutting suites: integration/,
+    security/ and reliability/)."""
+    cross_cutting = {"integration", "security", "reliability"}
     for folder_path in (p for p in (ROOT / "tests").rglob("*") if p.is_dir()):
         rel = folder_path.relative_to(ROOT / "tests")
         if rel.parts[0] in cross_cutting or "__pycache__" in rel.parts or "hub_configs" in rel.parts:

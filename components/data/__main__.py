@@ -1,5 +1,6 @@
 """CLI for the DVC data stages: ``generate`` shards + manifests, train the ``tokenizer``,
-``validate`` manifests, draw example ``grid``s per source."""
+``validate`` manifests, find training images of the evaluation suites (``contamination``),
+draw example ``grid``s per source."""
 
 from __future__ import annotations
 
@@ -64,6 +65,24 @@ def _validate(args: argparse.Namespace) -> dict[str, object]:
     return {split: {"rows": r.n_rows, "success": r.success} for split, r in reports.items()}
 
 
+def _contamination(args: argparse.Namespace) -> dict[str, object]:
+    from pathlib import Path
+
+    import yaml
+
+    from components.data.duplicates import DEFAULT_SUITES, contamination
+
+    raw = yaml.safe_load(Path(args.params).read_text()) or {}
+    mode = load_data_params(args.params).contamination
+    start = time.perf_counter()
+    report = contamination(args.shards, raw.get("suites") or DEFAULT_SUITES, mode)
+    Path(args.out).write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    return {"out": args.out, "mode": mode, "train_overlap": report["train_overlap"],
+            "suites": {k: v["train_samples"] for k, v in report["suites"].items()},
+            "train_duplicate_pairs": report["train_duplicates"]["pairs"],
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
 def _grid(args: argparse.Namespace) -> dict[str, object]:
     from components.data.grid import write_grids
     from components.data.params import SOURCES
@@ -99,6 +118,12 @@ def main(argv: list[str] | None = None) -> None:
                      help="params.yaml: its data.datasets' sources and tasks are allowed too")
     val.add_argument("--out", required=True, help="JSON report")
     val.set_defaults(run=_validate)
+    con = sub.add_parser("contamination", help="training images that duplicate a suite's images")
+    con.add_argument("--params", required=True,
+                     help="params.yaml: data.contamination and `suites` (default: the test split)")
+    con.add_argument("--shards", required=True, help="folder written by 'generate'")
+    con.add_argument("--out", required=True, help="JSON report (what quarantine mode skips)")
+    con.set_defaults(run=_contamination)
     grid = sub.add_parser("grid", help="an example grid PNG per source (docs/data)")
     grid.add_argument("--out", required=True, help="folder for <source>.png")
     grid.add_argument("--sources", nargs="*", default=None, help="default: every source")

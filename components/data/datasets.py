@@ -86,14 +86,19 @@ class DatasetSpec(BaseModel):
 def ingest_dataset(name: str, spec: DatasetSpec, out: Path) -> dict[str, Any]:
     """Ingest, split and shard one dataset into ``out`` (replaced); returns its summary.
 
-    Raises what `ingest` raises (the quarantine rate over its threshold, a failed Great
-    Expectations suite) before anything is written to ``out``."""
+    Everything is written into a staging folder beside ``out`` and moved into place at the
+    end (``ingest.output.replace_dir``): a failure or an interruption at any point -- what
+    `ingest` raises (the quarantine rate over its threshold, a failed Great Expectations
+    suite), or anything later -- leaves the previous ``out`` as it was."""
     from components.data.ingest.checks import Limits
+    from components.data.ingest.output import replace_dir, restore
     from components.data.ingest.run import ingest
 
     out = Path(out)
+    restore(out)  # an `out` lost between the two renames of an interrupted run
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
+    result = staging / "result"  # the new `out`, renamed into place once complete
     limits = Limits(min_side=spec.min_side, max_side=spec.max_side)
     parts = ({split: Path(spec.source) / spec.files[split] for split in SPLIT_NAMES
               if split in spec.files} if spec.files else {"all": Path(spec.source)})
@@ -107,25 +112,26 @@ def ingest_dataset(name: str, spec: DatasetSpec, out: Path) -> dict[str, Any]:
         records = {part: list(_records(staging / part)) for part in parts}
         assigned, overlaps = (_by_files(records) if spec.files
                               else (_by_ratio(records["all"], spec.ratios(), spec.seed), []))
-        shutil.rmtree(out, ignore_errors=True)
-        counts = _write(name, assigned, out, spec.shard_size)
-        quarantined = _write_quarantine(out / "quarantine", staging, parts, overlaps)
+        counts = _write(name, assigned, result, spec.shard_size)
+        quarantined = _write_quarantine(result / "quarantine", staging, parts, overlaps)
+        rules = Counter()
+        for s in summaries.values():
+            rules.update(s.rules)
+        rules.update(Counter(o["rule"] for o in overlaps))
+        read = sum(s.read for s in summaries.values())
+        summary = {"dataset": name, "format": spec.format, "source": spec.source,
+                   "read": read, "accepted": sum(counts.values()), "quarantined": quarantined,
+                   "rules": dict(sorted(rules.items())), "splits": counts,
+                   "images_dropped": sum(s.images_dropped for s in summaries.values()),
+                   "quarantine_rate": round(quarantined / max(1, read), 6)}
+        if summary["accepted"] + summary["quarantined"] != summary["read"]:
+            raise AssertionError(f"dataset {name!r}: unbalanced: read {summary['read']}, "
+                                 f"accepted {summary['accepted']}, quarantined "
+                                 f"{summary['quarantined']}")
+        (result / "summary.json").write_text(json.dumps(summary, indent=1))
+        replace_dir(result, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    rules = Counter()
-    for s in summaries.values():
-        rules.update(s.rules)
-    rules.update(Counter(o["rule"] for o in overlaps))
-    summary = {"dataset": name, "format": spec.format, "source": spec.source,
-               "read": sum(s.read for s in summaries.values()),
-               "accepted": sum(counts.values()), "quarantined": quarantined,
-               "rules": dict(sorted(rules.items())), "splits": counts,
-               "images_dropped": sum(s.images_dropped for s in summaries.values()),
-               "quarantine_rate": round(quarantined / max(1, sum(s.read for s in summaries.values())), 6)}
-    if summary["accepted"] + summary["quarantined"] != summary["read"]:
-        raise AssertionError(f"dataset {name!r}: unbalanced: read {summary['read']}, accepted "
-                             f"{summary['accepted']}, quarantined {summary['quarantined']}")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -13,6 +13,7 @@ from components.data.datasets import DATASET_NAME, DatasetSpec
 from components.data.synthetic import EXTRA_SOURCES, SOURCES
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+CONTAMINATION_MODES: tuple[str, ...] = ("report", "quarantine")  # components/data/duplicates.py
 
 DEFAULT_SPLITS: dict[str, dict[str, int]] = {
     "train": {
@@ -47,6 +48,9 @@ class DataParams(BaseModel):
     # `vlmforge ingest --recipe`: fail when a larger share of the records read is quarantined
     # (not a data-stage parameter: `stage_params` leaves it out of params.yaml)
     max_quarantine_rate: float = Field(0.05, ge=0, le=1)
+    # training images that duplicate an evaluation suite's images (the `contamination` stage):
+    # only reported, or also quarantined (left out of what training reads; a new data version)
+    contamination: Literal[CONTAMINATION_MODES] = "report"  # type: ignore[valid-type]
 
     @field_validator("datasets")
     @classmethod

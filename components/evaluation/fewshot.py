@@ -10,6 +10,7 @@ query keeps only its user turns: its answer never enters the prompt.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import random
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from PIL import Image
 
 from components.data.sample import Sample, image_placeholders
 
-__all__ = ["FewShotPrompter", "fewshot_prompts", "shot_turns"]
+__all__ = ["FewShotPrompter", "draw_keys", "fewshot_prompts", "shot_turns"]
 
 Prompt = tuple[list[dict], list[Image.Image]]
 
@@ -43,6 +44,20 @@ def shot_turns(sample: Sample) -> tuple[dict, dict]:
 def _draw(seed: int, key: str) -> random.Random:
     digest = hashlib.sha256(f"fewshot:{seed}:{key}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def draw_keys(keys: Sequence[str], k: int, query_key: str, *, seed: int = 0) -> list[str]:
+    """The k of ``keys`` (sorted, unique) drawn for ``query_key``, never the query's own key:
+    the draw :meth:`FewShotPrompter.shots` makes over samples with these keys, without copying
+    the pool (official support sets are large)."""
+    at = bisect.bisect_left(keys, query_key)
+    own = at < len(keys) and keys[at] == query_key
+    n = len(keys) - own
+    if n < k:
+        raise ValueError(f"query {query_key!r}: {k} shots asked but the support set has {n} items")
+    # random.sample picks positions from the pool's length alone: the same draw as over a list
+    picked = _draw(seed, query_key).sample(range(n), k)
+    return [keys[i + (own and i >= at)] for i in picked]
 
 
 class FewShotPrompter:

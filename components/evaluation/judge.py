@@ -1,20 +1,17 @@
 """LAVE-style VQA judge (Mañas et al., "Improving Automatic VQA Evaluation Using Large
-Language Models", AAAI 2024) on a pluggable backend: a local causal LM (``LocalJudge``, no API
-key, no network) or any OpenAI-compatible chat-completions endpoint (``OpenAIJudge``: OpenAI,
-vLLM, llama.cpp server, Ollama, ...).
+Language Models", AAAI 2024): the prompt, the parsing of ratings, the judging loop and its
+on-disk cache. The backends (a local causal LM, an OpenAI-compatible endpoint) are in
+judge_backends.py, the endpoint's hardened HTTP client in judge_http.py, the frozen records of
+a judged suite in judge_records.py.
 
 The judge reads the question, the reference answers and the candidate answer, writes a short
 rationale and ends with ``So rating=N`` on LAVE's scale: 1 incorrect or irrelevant,
 2 ambiguous or incomplete, 3 correct. A rating maps to a score ``(N - 1) / 2`` in
 {0, 0.5, 1}. As in LAVE, a candidate that equals a reference after the VQA answer
-normalization is rated 3 without asking the model.
-
-Any ``AutoModelForCausalLM`` directory serves as a local judge (its tokenizer's chat template is
-used when it has one). An HTTP judge sends the same LAVE prompt as one user message with
-temperature 0 (stdlib ``urllib`` only; an API key is read from an environment variable when
-one is named and set, never required). Judgments of either backend are cached on disk under a
-hash of (backend, judge model id, prompt), so rerunning an evaluation asks the model only about
-new answers.
+normalization is rated 3 without asking the model. Judgments are cached on disk under a hash
+of (backend, judge model id, prompt), so rerunning an evaluation asks the model only about new
+answers. ``JudgeBase.judge_run`` reports the token counts of every judgment and stops cleanly
+at a budget (calls or tokens) or at the run's deadline, keeping the judgments made so far.
 
 A judge is only as good as its model: the tiny randomly initialised Llama of the tests shows
 that the path runs end to end offline and that outputs are parsed right, not that its
@@ -26,33 +23,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
-import urllib.error
-import urllib.request
+import time
 import uuid
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
+from components.evaluation.judge_http import JudgeDeadline, JudgeError
 from components.evaluation.vqa_metrics import normalize_answer
 
 __all__ = [
     "DEMONSTRATIONS",
     "INSTRUCTIONS",
-    "JUDGE_BACKENDS",
+    "Completion",
+    "JudgeBase",
+    "JudgeBudget",
     "JudgeCache",
+    "JudgeDeadline",
     "JudgeError",
     "JudgeItem",
+    "JudgeRun",
     "Judgment",
-    "LocalJudge",
-    "OpenAIJudge",
+    "directory_fingerprint",
+    "estimate_tokens",
     "judge_summary",
     "lave_prompt",
-    "make_judge",
     "parse_rating",
     "rating_score",
+    "weights_digest",
 ]
 
 INSTRUCTIONS = (
@@ -91,15 +93,71 @@ class JudgeItem:
 
 @dataclass(frozen=True)
 class Judgment:
-    """A rating in 1..3 (None when the output could not be read), its score and provenance."""
+    """A rating in 1..3 (None when the output could not be read), its score and provenance,
+    with the prompt the model was given and the tokens of its call (None: exact match)."""
 
     rating: int | None
     output: str
-    source: str  # "exact_match", "cache" or "model"
+    source: str  # "exact_match", "record" (a stored judgment), "cache" or "model"
+    prompt: str = ""
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tokens_from: str | None = None  # "tokenizer", "usage" (the endpoint's) or "estimate"
 
     @property
     def score(self) -> float | None:
         return rating_score(self.rating)
+
+
+class Completion(NamedTuple):
+    """One model answer and the tokens it took."""
+
+    output: str
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tokens_from: str | None = None
+
+    def judgment(self, source: str, prompt: str) -> Judgment:
+        return Judgment(parse_rating(self.output), self.output, source, prompt,
+                        self.prompt_tokens, self.completion_tokens, self.tokens_from)
+
+
+@dataclass(frozen=True)
+class JudgeBudget:
+    """At most ``max_calls`` new model calls and ``max_tokens`` (prompt + completion) tokens in
+    a judge run; None: no limit. A call is made only when its prompt and ``max_new_tokens``
+    fit in what is left of ``max_tokens``."""
+
+    max_calls: int | None = None
+    max_tokens: int | None = None
+
+    def __post_init__(self):
+        if (self.max_calls is not None and self.max_calls < 0) or (
+                self.max_tokens is not None and self.max_tokens < 0):
+            raise ValueError("a judge budget must not be negative")
+
+
+@dataclass
+class JudgeRun:
+    """A judge run: a judgment per item (None: not judged, the run stopped first), the new
+    model calls and their tokens, and why the run stopped early (None: it did not)."""
+
+    judgments: list[Judgment | None]
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stopped: str | None = None
+    seconds: float = 0.0
+    counted: set[str] = field(default_factory=set)  # where the token counts came from
+
+    @property
+    def judged(self) -> list[Judgment]:
+        return [j for j in self.judgments if j is not None]
+
+
+def estimate_tokens(text: str) -> int:
+    """A rough token count (4 characters a token) where no tokenizer or usage is at hand."""
+    return max(1, math.ceil(len(text) / 4))
 
 
 def rating_score(rating: int | None) -> float | None:
@@ -159,7 +217,8 @@ class JudgeCache:
         key = self.key(model_id, prompt)
         return self.directory / key[:2] / f"{key}.json"
 
-    def get(self, model_id: str, prompt: str) -> str | None:
+    def entry(self, model_id: str, prompt: str) -> dict | None:
+        """The stored entry (``output`` and, when recorded, its token counts) or None."""
         path = self.path(model_id, prompt)
         if not path.is_file():
             return None
@@ -169,14 +228,28 @@ class JudgeCache:
             raise ValueError(f"judge cache entry {path}: unreadable ({exc}); delete it") from exc
         if entry.get("model_id") != model_id or entry.get("prompt") != prompt:
             raise ValueError(f"judge cache entry {path}: holds another (model id, prompt)")
-        return entry["output"]
+        return entry
 
-    def put(self, model_id: str, prompt: str, output: str) -> None:
+    def get(self, model_id: str, prompt: str) -> str | None:
+        entry = self.entry(model_id, prompt)
+        return None if entry is None else entry["output"]
+
+    def completion(self, model_id: str, prompt: str) -> Completion | None:
+        entry = self.entry(model_id, prompt)
+        if entry is None:
+            return None
+        return Completion(entry["output"], entry.get("prompt_tokens"),
+                          entry.get("completion_tokens"), entry.get("tokens_from"))
+
+    def put(self, model_id: str, prompt: str, output: str | Completion) -> None:
+        c = output if isinstance(output, Completion) else Completion(output)
         path = self.path(model_id, prompt)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-        tmp.write_text(json.dumps({"model_id": model_id, "prompt": prompt, "output": output}),
-                       encoding="utf-8")
+        tmp.write_text(json.dumps({"model_id": model_id, "prompt": prompt, "output": c.output,
+                                   "prompt_tokens": c.prompt_tokens,
+                                   "completion_tokens": c.completion_tokens,
+                                   "tokens_from": c.tokens_from}), encoding="utf-8")
         os.replace(tmp, path)
 
 
@@ -191,11 +264,28 @@ def directory_fingerprint(directory: Path) -> str:
     return h.hexdigest()[:16]
 
 
-class JudgeError(RuntimeError):
-    """A judge backend failed to answer (endpoint unreachable, HTTP error, malformed reply)."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
-class _Judge:
+def weights_digest(directory: Path) -> str:
+    """SHA-256 of the names and bytes of a model directory's weight files (all its files when
+    it has none of ``WEIGHT_SUFFIXES``): the same weights give the same digest anywhere."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    weights = [p for p in files if p.suffix in WEIGHT_SUFFIXES] or files
+    h = hashlib.sha256()
+    for p in weights:
+        h.update(f"{p.relative_to(directory)}\n".encode())
+        with p.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _stop_message(what: str, judged: int, total: int) -> str:
+    return f"{what} after {judged} of {total} items; partial results kept"
+
+
+class JudgeBase:
     """The LAVE judging loop shared by the backends. A backend sets ``backend``, calls
     ``_settings`` and implements ``render`` (the exact text the model is given, which is also
     the cache key) and ``generate``."""
@@ -206,16 +296,22 @@ class _Judge:
     max_new_tokens: int
     batch_size: int
     exact_match_shortcut: bool
+    deadline_s: float | None
+    _deadline: float | None = None  # time.monotonic() instant of the running judge run
 
     def _settings(self, model_id: str, cache_dir: str | Path | None, max_new_tokens: int,
-                  batch_size: int, exact_match_shortcut: bool) -> None:
+                  batch_size: int, exact_match_shortcut: bool,
+                  deadline_s: float | None = None) -> None:
         if max_new_tokens < 1 or batch_size < 1:
             raise ValueError("max_new_tokens and batch_size must be at least 1")
+        if deadline_s is not None and deadline_s <= 0:
+            raise ValueError("deadline_s must be positive")
         self.model_id = model_id
         self.cache = JudgeCache(cache_dir) if cache_dir is not None else None
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.exact_match_shortcut = exact_match_shortcut
+        self.deadline_s = deadline_s
 
     @property
     def cache_id(self) -> str:
@@ -225,205 +321,100 @@ class _Judge:
     def render(self, item: JudgeItem) -> str:
         raise NotImplementedError
 
-    def generate(self, prompts: Sequence[str]) -> list[str]:
+    def generate(self, prompts: Sequence[str]) -> list[Completion]:
         raise NotImplementedError
 
+    def prompt_tokens(self, prompt: str) -> int:
+        """The tokens of a rendered prompt (before it is sent: the token budget's check)."""
+        return estimate_tokens(prompt)
+
+    def describe(self) -> dict:
+        """What identifies this judge in a record: backend, cache id, settings, prompt template."""
+        template = lave_prompt(JudgeItem("{question}", ("{references}",), "{candidate}"))
+        return {"backend": self.backend, "model_id": self.cache_id,
+                "max_new_tokens": self.max_new_tokens,
+                "exact_match_shortcut": self.exact_match_shortcut, "prompt_template": template}
+
     def judge(self, items: Sequence[JudgeItem]) -> list[Judgment]:
-        """A judgment per item: exact matches short-circuit, then the cache, then the model
-        (asked ``batch_size`` prompts at a time; each batch is cached as soon as it returns)."""
-        results: list[Judgment | None] = [None] * len(items)
+        """A judgment per item (see ``judge_run``); JudgeError when the deadline stops it."""
+        run = self.judge_run(items)
+        if run.stopped is not None:
+            raise JudgeError(run.stopped)
+        return run.judged
+
+    def _admit(self, prompts: Sequence[str], budget: JudgeBudget, run: JudgeRun) -> list[str]:
+        """The leading prompts the budget still allows."""
+        if budget.max_calls is not None:
+            prompts = prompts[: max(0, budget.max_calls - run.calls)]
+        if budget.max_tokens is None:
+            return list(prompts)
+        used, out = run.prompt_tokens + run.completion_tokens, []
+        for prompt in prompts:
+            used += self.prompt_tokens(prompt) + self.max_new_tokens
+            if used > budget.max_tokens:
+                break
+            out.append(prompt)
+        return out
+
+    def judge_run(self, items: Sequence[JudgeItem], budget: JudgeBudget | None = None,
+                  stored: Mapping[str, Completion] | None = None) -> JudgeRun:
+        """A judgment per item: exact matches short-circuit, then ``stored`` judgments (prompt
+        -> completion, e.g. of an earlier record of this judge), the cache, then the model
+        (asked ``batch_size`` prompts at a time; each batch is cached as soon as it returns).
+        New calls stop at ``budget`` or at the deadline: items left are None."""
+        start = time.monotonic()
+        self._deadline = None if self.deadline_s is None else start + self.deadline_s
+        budget = budget or JudgeBudget()
+        run = JudgeRun([None] * len(items))
         todo: dict[str, list[int]] = {}  # rendered prompt -> item indices
         for i, item in enumerate(items):
             _check(item, i)
             if self.exact_match_shortcut:
                 pred = normalize_answer(item.prediction)
                 if pred and any(pred == normalize_answer(r) for r in item.references):
-                    results[i] = Judgment(3, "", "exact_match")
+                    run.judgments[i] = Judgment(3, "", "exact_match")
                     continue
             prompt = self.render(item)
-            cached = self.cache.get(self.cache_id, prompt) if self.cache else None
+            if stored is not None and prompt in stored:
+                run.judgments[i] = stored[prompt].judgment("record", prompt)
+                continue
+            cached = self.cache.completion(self.cache_id, prompt) if self.cache else None
             if cached is not None:
-                results[i] = Judgment(parse_rating(cached), cached, "cache")
+                run.judgments[i] = cached.judgment("cache", prompt)
             else:
                 todo.setdefault(prompt, []).append(i)
-        prompts = list(todo)
-        for start in range(0, len(prompts), self.batch_size):
-            chunk = prompts[start : start + self.batch_size]
-            for prompt, output in zip(chunk, self.generate(chunk), strict=True):
+        prompts, done = list(todo), 0
+        while done < len(prompts) and run.stopped is None:
+            if self._deadline is not None and time.monotonic() >= self._deadline:
+                run.stopped = f"judge deadline of {self.deadline_s:g}s passed"
+                break
+            chunk = self._admit(prompts[done : done + self.batch_size], budget, run)
+            if not chunk:
+                run.stopped = (f"judge budget of {budget.max_calls} calls reached"
+                               if budget.max_calls is not None and run.calls >= budget.max_calls
+                               else f"judge budget of {budget.max_tokens} tokens reached")
+                break
+            try:
+                completions: list[Completion | None] = list(self.generate(chunk))
+            except JudgeDeadline as exc:
+                completions = list(exc.done or [None] * len(chunk))
+                run.stopped = f"judge deadline of {self.deadline_s:g}s passed"
+            for prompt, c in zip(chunk, completions, strict=True):
+                if c is None:
+                    continue
                 if self.cache:
-                    self.cache.put(self.cache_id, prompt, output)
+                    self.cache.put(self.cache_id, prompt, c)
+                run.calls += 1
+                run.prompt_tokens += c.prompt_tokens or 0
+                run.completion_tokens += c.completion_tokens or 0
+                run.counted.add(c.tokens_from or "unknown")
                 for i in todo[prompt]:
-                    results[i] = Judgment(parse_rating(output), output, "model")
-        return [r for r in results if r is not None]
-
-
-class LocalJudge(_Judge):
-    """A LAVE judge backed by a local ``AutoModelForCausalLM`` directory, greedy decoding.
-
-    ``model_id`` names the judge in the cache key; by default it is the directory's resolved
-    path, a fingerprint of its files and the generation settings.
-    """
-
-    backend = "local"
-
-    def __init__(self, model_dir: str | Path, *, cache_dir: str | Path | None = None,
-                 model_id: str | None = None, max_new_tokens: int = 48, batch_size: int = 8,
-                 exact_match_shortcut: bool = True):
-        self.model_dir = Path(model_dir).resolve()
-        if not (self.model_dir / "config.json").is_file():
-            raise FileNotFoundError(f"judge model: {self.model_dir} is not a transformers model "
-                                    "directory (no config.json)")
-        self._settings(model_id or (f"{self.model_dir}@{directory_fingerprint(self.model_dir)}"
-                                    f"|greedy|max_new_tokens={max_new_tokens}"),
-                       cache_dir, max_new_tokens, batch_size, exact_match_shortcut)
-        self._model = None
-        self._tokenizer = None
-
-    def _load_tokenizer(self):
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-            tokenizer.padding_side = "left"
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            self._tokenizer = tokenizer
-        return self._tokenizer
-
-    def _load_model(self):
-        if self._model is None:
-            from transformers import AutoModelForCausalLM
-
-            self._model = AutoModelForCausalLM.from_pretrained(self.model_dir).eval()
-        return self._model
-
-    def render(self, item: JudgeItem) -> str:
-        """The exact text the model is given (chat template applied when it has one)."""
-        tokenizer = self._load_tokenizer()
-        text = lave_prompt(item)
-        if tokenizer.chat_template:
-            return tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                 tokenize=False, add_generation_prompt=True)
-        return text
-
-    def generate(self, prompts: Sequence[str]) -> list[str]:
-        """Greedy continuations of rendered prompts, in batches."""
-        import torch
-
-        model, tokenizer = self._load_model(), self._load_tokenizer()
-        templated = bool(tokenizer.chat_template)  # the template writes its own bos
-        outputs: list[str] = []
-        with torch.no_grad():
-            for start in range(0, len(prompts), self.batch_size):
-                chunk = list(prompts[start : start + self.batch_size])
-                batch = tokenizer(chunk, return_tensors="pt", padding=True,
-                                  add_special_tokens=not templated)
-                out = model.generate(**batch, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id,
-                                     eos_token_id=tokenizer.eos_token_id)
-                new = out[:, batch["input_ids"].shape[1] :]
-                outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
-        return outputs
-
-
-class OpenAIJudge(_Judge):
-    """A LAVE judge behind an OpenAI-compatible endpoint: ``POST {base_url}/chat/completions``
-    with the LAVE prompt as one user message, temperature 0 and ``max_tokens``.
-
-    ``base_url`` is the API root (e.g. ``https://api.openai.com/v1`` or
-    ``http://127.0.0.1:8000/v1``). ``api_key_env`` names an environment variable holding a key
-    sent as ``Authorization: Bearer``; when it is unset (or not named) no key is sent.
-    ``model_id`` names the judge in the cache key; by default the endpoint, the model name and
-    the generation settings. ``batch_size`` requests run concurrently.
-    """
-
-    backend = "openai"
-
-    def __init__(self, model: str, base_url: str, *, cache_dir: str | Path | None = None,
-                 model_id: str | None = None, max_new_tokens: int = 48, batch_size: int = 8,
-                 exact_match_shortcut: bool = True, api_key_env: str | None = None,
-                 timeout_s: float = 60.0):
-        if not model:
-            raise ValueError("judge model: an OpenAI-compatible judge needs a model name")
-        if not base_url or not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"judge base_url must be an http(s) URL, got {base_url!r}")
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be positive")
-        self.model = model
-        self.base_url = base_url.rstrip("/")
-        self.endpoint = f"{self.base_url}/chat/completions"
-        self.api_key_env = api_key_env
-        self.timeout_s = timeout_s
-        self._settings(model_id or f"{self.base_url}|{model}|temperature=0|max_tokens={max_new_tokens}",
-                       cache_dir, max_new_tokens, batch_size, exact_match_shortcut)
-
-    def render(self, item: JudgeItem) -> str:
-        """The user message sent (the endpoint applies the model's chat template)."""
-        return lave_prompt(item)
-
-    def request_body(self, prompt: str) -> dict:
-        return {"model": self.model, "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0, "max_tokens": self.max_new_tokens}
-
-    def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
-        return headers
-
-    def complete(self, prompt: str) -> str:
-        """One chat completion: the first choice's message content, stripped."""
-        data = json.dumps(self.request_body(prompt)).encode()
-        request = urllib.request.Request(self.endpoint, data=data, headers=self._headers(),
-                                         method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read()[:500].decode("utf-8", "replace").strip() if exc.fp else ""
-            raise JudgeError(f"judge endpoint {self.endpoint}: HTTP {exc.code} {exc.reason}"
-                             + (f": {detail}" if detail else "")) from exc
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise JudgeError(f"judge endpoint {self.endpoint}: request failed ({reason})") from exc
-        try:
-            content = json.loads(raw)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise JudgeError(f"judge endpoint {self.endpoint}: reply is not a chat completion "
-                             f"({raw[:200]!r})") from exc
-        if content is not None and not isinstance(content, str):
-            raise JudgeError(f"judge endpoint {self.endpoint}: message content is not text")
-        return (content or "").strip()
-
-    def generate(self, prompts: Sequence[str]) -> list[str]:
-        """Completions of the prompts, up to ``batch_size`` requests at a time."""
-        if len(prompts) <= 1:
-            return [self.complete(p) for p in prompts]
-        with ThreadPoolExecutor(max_workers=min(self.batch_size, len(prompts))) as pool:
-            return list(pool.map(self.complete, prompts))
-
-
-JUDGE_BACKENDS = ("local", "openai")
-
-
-def make_judge(backend: str, model: str, *, base_url: str | None = None,
-               api_key_env: str | None = None, timeout_s: float = 60.0,
-               **kwargs) -> LocalJudge | OpenAIJudge:
-    """A judge of the named backend: ``local`` (``model`` is a model directory) or ``openai``
-    (``model`` is the endpoint's model name, ``base_url`` its API root). ``kwargs`` go to
-    both (``cache_dir``, ``model_id``, ``max_new_tokens``, ``batch_size``,
-    ``exact_match_shortcut``)."""
-    if backend == "local":
-        if base_url is not None or api_key_env is not None:
-            raise ValueError("base_url and api_key_env apply to the openai judge backend only")
-        return LocalJudge(model, **kwargs)
-    if backend == "openai":
-        if base_url is None:
-            raise ValueError("the openai judge backend needs a base_url")
-        return OpenAIJudge(model, base_url, api_key_env=api_key_env, timeout_s=timeout_s,
-                           **kwargs)
-    raise ValueError(f"unknown judge backend {backend!r}; expected one of {JUDGE_BACKENDS}")
+                    run.judgments[i] = c.judgment("model", prompt)
+            done += len(chunk)
+        if run.stopped is not None:
+            run.stopped = _stop_message(run.stopped, len(run.judged), len(items))
+        run.seconds = time.monotonic() - start
+        return run
 
 
 def judge_summary(judgments: Sequence[Judgment]) -> dict[str, float]:

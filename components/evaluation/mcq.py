@@ -3,6 +3,7 @@ batch, no generation."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -12,7 +13,8 @@ from PIL import Image
 from components.evaluation.official_formats import MCQItem, letter
 from components.model.chat import ChatEncoder, collate
 
-__all__ = ["INSTRUCTION", "LetterScores", "choose_options", "letter_token_ids", "mcq_messages"]
+__all__ = ["INSTRUCTION", "LetterScores", "choose_options", "item_images", "letter_token_ids",
+           "mcq_messages"]
 
 INSTRUCTION = "Answer with the option's letter."
 
@@ -46,14 +48,17 @@ def letter_token_ids(tokenizer, n: int) -> list[int]:
     return ids
 
 
-def _images(item: MCQItem) -> list[Image.Image]:
+def item_images(item: MCQItem) -> list[Image.Image]:
+    """The item's image (a file or encoded bytes) as RGB, or none."""
     if not item.image:
         return []
+    source = io.BytesIO(item.image) if isinstance(item.image, bytes) else item.image
+    shown = "<encoded image>" if isinstance(item.image, bytes) else repr(item.image)
     try:
-        with Image.open(item.image) as img:
+        with Image.open(source) as img:
             return [img.convert("RGB")]
     except OSError as exc:
-        raise ValueError(f"item {item.id!r}: cannot open image {item.image!r} ({exc})") from exc
+        raise ValueError(f"item {item.id!r}: cannot open image {shown} ({exc})") from exc
 
 
 @torch.no_grad()
@@ -72,7 +77,7 @@ def choose_options(model, encoder: ChatEncoder, items: Sequence[MCQItem], *,
     out: list[LetterScores] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        batch = collate([encoder.prompt(mcq_messages(it), _images(it)) for it in chunk],
+        batch = collate([encoder.prompt(mcq_messages(it), item_images(it)) for it in chunk],
                         encoder.tokenizer.pad_token_id, "left")
         batch.pop("labels")
         positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)

@@ -10,7 +10,8 @@
   ``[{"image_id", "caption"}]``.
 * Multiple choice items, JSONL: ``{"question", "options": [...], "answer": "B" | 1,
   "image"?, "id"?}`` (id defaults to the item's 0-based position), and MCQ results, a JSON
-  array (or ``.jsonl``) of ``{"id", "answer"}``.
+  array (or ``.jsonl``) of ``{"id", "answer"}``. MMBench TSV and ScienceQA items:
+  :mod:`components.evaluation.mcq_formats`.
 
 Each ``load_*`` reads a file; the matching ``check_*`` validates data already in memory.
 Every rule broken raises :class:`FormatError` naming the source, the record and the rule.
@@ -276,13 +277,16 @@ def load_caption_results(path: str | Path) -> dict[Hashable, str]:
 
 @dataclass(frozen=True)
 class MCQItem:
-    """One multiple-choice question; ``answer`` is the 0-based index of the right option."""
+    """One multiple-choice question; ``answer`` is the 0-based index of the right option.
+    ``image``: a file path, or the encoded image itself (MMBench's base64 cells);
+    ``category``: the group it is reported in (MMBench l2-category, ScienceQA subject)."""
 
     id: Hashable
     question: str
     options: tuple[str, ...]
     answer: int
-    image: str | None = None
+    image: str | bytes | None = None
+    category: str | None = None
 
     @property
     def answer_letter(self) -> str:

@@ -119,6 +119,9 @@ def score_caption(
 def score_mcq(
     predictions: Mapping[Hashable, str] | Sequence[str],
     items: Sequence[MCQItem],
+    *,
+    circular: bool = False,
+    grouped: bool = False,
 ) -> dict[str, Any]:
     """Accuracy (percent) of option-letter predictions: ``{"accuracy", "correct", "total",
     "unparsed", "perItem"}``.
@@ -126,6 +129,10 @@ def score_mcq(
     ``predictions`` maps item ids to answers, or lists them in item order. An answer that is
     not a bare letter is read with :func:`parse_choice` (option texts included); one that
     cannot be read counts as wrong and in ``unparsed``. Every item needs a prediction.
+    ``circular`` (items from :func:`~components.evaluation.mcq_formats.circular_items`): a
+    question counts only when all its rotations are right; adds ``rotations`` (their own
+    accuracy) and ``perQuestion``. ``grouped`` adds ``perCategory`` and ``perModality``
+    (``image`` / ``text_only``) over the questions.
     """
     if not items:
         raise FormatError("items: no items to score")
@@ -145,8 +152,50 @@ def score_mcq(
         ok = choice == item.answer_letter
         correct += ok
         per_item[item.id] = {"prediction": choice, "answer": item.answer_letter, "correct": ok}
-    return {"accuracy": 100 * correct / len(items), "correct": correct, "total": len(items),
-            "unparsed": unparsed, "perItem": per_item}
+    out = {"accuracy": 100 * correct / len(items), "correct": correct, "total": len(items),
+           "unparsed": unparsed, "perItem": per_item}
+    questions = [(it, per_item[it.id]["correct"]) for it in items]
+    if circular:
+        questions = _circular_questions(items, per_item)
+        out = {**_share(questions), "unparsed": unparsed,
+               "rotations": {k: out[k] for k in ("accuracy", "correct", "total")},
+               "perItem": per_item, "perQuestion": {it.id: ok for it, ok in questions}}
+    if grouped:
+        out["perCategory"] = _groups(questions, lambda it: it.category)
+        out["perModality"] = _groups(questions, lambda it: "image" if it.image else "text_only")
+    return out
+
+
+def _share(questions: Sequence[tuple[MCQItem, bool]]) -> dict[str, Any]:
+    correct = sum(ok for _, ok in questions)
+    return {"accuracy": 100 * correct / len(questions), "correct": correct, "total": len(questions)}
+
+
+def _groups(questions: Sequence[tuple[MCQItem, bool]], group) -> dict[str, dict[str, Any]]:
+    by: dict[str, list] = {}
+    for it, ok in questions:
+        if group(it) is not None:
+            by.setdefault(group(it), []).append((it, ok))
+    return {name: _share(qs) for name, qs in by.items()}
+
+
+def _circular_questions(items: Sequence[MCQItem], per_item: Mapping) -> list[tuple[MCQItem, bool]]:
+    """(question, all rotations right) per question; rotations share ``id % CIRCULAR_OFFSET``
+    and the question is the rotation whose id is below it."""
+    from components.evaluation.mcq_formats import CIRCULAR_OFFSET
+
+    rights: dict[int, list[bool]] = {}
+    base: dict[int, MCQItem] = {}
+    for it in items:
+        if isinstance(it.id, bool) or not isinstance(it.id, int) or it.id < 0:
+            raise FormatError(f"items: id {it.id!r}: circular scoring needs non-negative integer ids")
+        rights.setdefault(it.id % CIRCULAR_OFFSET, []).append(per_item[it.id]["correct"])
+        if it.id < CIRCULAR_OFFSET:
+            base[it.id] = it
+    lacking = [q for q in rights if q not in base]
+    if lacking:
+        raise FormatError(f"items: rotations of question {_some(lacking)} without the question")
+    return [(base[q], all(oks)) for q, oks in rights.items()]
 
 
 SCORED_KINDS = ("vqa", "caption", "mcq")
@@ -154,9 +203,13 @@ SCORED_KINDS = ("vqa", "caption", "mcq")
 
 def score_files(kind: str, results: str | Path, *, annotations: str | Path | None = None,
                 questions: str | Path | None = None, items: str | Path | None = None,
-                metrics: Sequence[str] = CAPTION_METRICS) -> dict[str, Any]:
+                metrics: Sequence[str] = CAPTION_METRICS, items_format: str = "jsonl",
+                images: str | Path | None = None, split: str = "test",
+                circular: bool = False) -> dict[str, Any]:
     """Score an official results file of ``kind`` from its files: what `vlmforge score` prints
-    and what every official suite records, so both give the same numbers."""
+    and what every official suite records, so both give the same numbers. MCQ ``items`` are
+    read by :func:`~components.evaluation.mcq_formats.load_mcq_file` (``items_format``,
+    ``images``, ``split``, ``circular``); MMBench and ScienceQA get per-group scores."""
     from components.evaluation import official_formats as f
 
     if kind == "vqa":
@@ -166,5 +219,9 @@ def score_files(kind: str, results: str | Path, *, annotations: str | Path | Non
         return score_caption(f.load_caption_results(results), f.load_caption_annotations(annotations),
                              list(metrics))
     if kind == "mcq":
-        return score_mcq(f.load_mcq_results(results), f.load_mcq_items(items))
+        from components.evaluation.mcq_formats import load_mcq_file
+
+        mcq_items = load_mcq_file(items, items_format, images=images, split=split, circular=circular)
+        return score_mcq(f.load_mcq_results(results), mcq_items, circular=circular,
+                         grouped=items_format != "jsonl")
     raise ValueError(f"unknown result kind {kind!r}; expected one of {list(SCORED_KINDS)}")

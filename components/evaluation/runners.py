@@ -35,12 +35,14 @@ class BenchmarkResult:
     metrics: dict[str, float]
     rows: list[dict]
     results: list[dict] | None = None  # in the official result format (vqa, caption, mcq)
+    judge_record: Any = None  # judge_records.JudgeRecord of a judged suite
 
 
 def score_official(kind: str, results_path: str | Path, spec: SuiteSpec) -> dict[str, Any]:
     """Score an official results file exactly as `vlmforge score <kind>` does (same function)."""
     return score_files(kind, results_path, annotations=spec.annotations, questions=spec.questions,
-                       items=spec.items, metrics=spec.metrics)
+                       items=spec.items, metrics=spec.metrics, items_format=spec.items_format,
+                       images=spec.images, split=spec.split, circular=spec.circular)
 
 
 def official_metrics(kind: str, scores: Mapping[str, Any]) -> dict[str, float]:
@@ -53,7 +55,14 @@ def official_metrics(kind: str, scores: Mapping[str, Any]) -> dict[str, float]:
         return {_slug(k): float(v) for k, v in scores.items()
                 if k not in ("images", "images_without_result", "tokenizer")
                 and isinstance(v, int | float)}
-    return {"accuracy": float(scores["accuracy"]), "unparsed": float(scores["unparsed"])}
+    out = {"accuracy": float(scores["accuracy"]), "unparsed": float(scores["unparsed"])}
+    if "rotations" in scores:  # MMBench CircularEval: each rotation on its own
+        out["rotation_accuracy"] = float(scores["rotations"]["accuracy"])
+    out.update({f"accuracy_{_slug(c).lower()}": float(v["accuracy"])
+                for c, v in scores.get("perCategory", {}).items()})
+    for modality, v in scores.get("perModality", {}).items():  # image / text_only
+        out.update({f"{modality}_accuracy": float(v["accuracy"]), f"{modality}_items": float(v["total"])})
+    return out
 
 
 def _image_path(folder: str, pattern: str, image_id: Any, what: str) -> Path:
@@ -75,17 +84,37 @@ def _load_rgb(path: str | Path, what: str):
 
 
 def _generate_chunked(model, encoder, jobs: Sequence[tuple[list[dict], Any]], load, *,
-                      max_new_tokens: int, batch_size: int) -> list[str]:
+                      max_new_tokens: int, batch_size: int, images_per_job: int = 1) -> list[str]:
     """Greedy answers for (messages, image reference) jobs, images loaded chunk by chunk."""
     from components.evaluation.generate import generate_answers
 
     out: list[str] = []
-    for start in range(0, len(jobs), IMAGE_CHUNK):
-        chunk = jobs[start : start + IMAGE_CHUNK]
+    step = max(1, IMAGE_CHUNK // images_per_job)
+    for start in range(0, len(jobs), step):
+        chunk = jobs[start : start + step]
         prompts = [(messages, load(ref)) for messages, ref in chunk]
         out += generate_answers(model, encoder, prompts, max_new_tokens=max_new_tokens,
                                 batch_size=batch_size)
     return out
+
+
+def _support(spec: SuiteSpec):
+    """The few-shot support set of an official vqa/caption suite, or None without shots."""
+    from components.evaluation.official_fewshot import caption_support, vqa_support
+
+    if not spec.shots:
+        return None
+    images = spec.support_images or spec.images
+    if spec.kind == "vqa":
+        return vqa_support(spec.support_annotations, spec.support_questions, images,
+                           spec.image_file, spec.shots, seed=spec.seed)
+    return caption_support(spec.support_annotations, images, spec.image_file, spec.shots,
+                           seed=spec.seed)
+
+
+def _with_shots(support, key, turn: dict) -> tuple[list[dict], list]:
+    """The query's messages (after its k shots' turns) and the shots' image files."""
+    return support.prompt(key, turn) if support is not None else ([turn], [])
 
 
 def _write_results(results: list[dict], folder: Path) -> Path:
@@ -106,6 +135,7 @@ def run_official_vqa(spec: SuiteSpec, model, encoder, *, max_new_tokens: int,
     anns = load_vqa_annotations(spec.annotations)["annotations"]
     by_id = ({q["question_id"]: q for q in load_vqa_questions(spec.questions)["questions"]}
              if spec.questions else {})
+    support = _support(spec)
     jobs, meta = [], []
     for ann in anns:
         qid = ann["question_id"]
@@ -113,12 +143,14 @@ def run_official_vqa(spec: SuiteSpec, model, encoder, *, max_new_tokens: int,
         if not isinstance(q.get("question"), str) or q.get("image_id") is None:
             raise FormatError(f"{spec.annotations}: question_id {qid!r} has no question text and "
                               "image_id: give the suite a `questions` file")
-        jobs.append(([user_turn(q["question"], 1)], (q["image_id"], f"question_id {qid!r}")))
+        messages, shots = _with_shots(support, qid, user_turn(q["question"], 1))
+        jobs.append((messages, (q["image_id"], f"question_id {qid!r}", shots)))
         meta.append((qid, q["question"], list(dict.fromkeys(a["answer"] for a in ann["answers"]))))
     preds = _generate_chunked(
         model, encoder, jobs,
-        lambda ref: [_load_rgb(_image_path(spec.images, spec.image_file, *ref), ref[1])],
-        max_new_tokens=max_new_tokens, batch_size=batch_size)
+        lambda ref: [*(_load_rgb(f, "support shot") for f in ref[2]),
+                     _load_rgb(_image_path(spec.images, spec.image_file, *ref[:2]), ref[1])],
+        max_new_tokens=max_new_tokens, batch_size=batch_size, images_per_job=spec.shots + 1)
     results = [{"question_id": qid, "answer": p} for (qid, _, _), p in zip(meta, preds, strict=True)]
     with tempfile.TemporaryDirectory() as tmp:
         scores = score_official("vqa", _write_results(results, Path(tmp)), spec)
@@ -139,16 +171,21 @@ def run_official_caption(spec: SuiteSpec, model, encoder, *, max_new_tokens: int
     file_names = {img["id"]: img["file_name"] for img in raw.get("images", [])
                   if isinstance(img, dict) and "id" in img and isinstance(img.get("file_name"), str)}
     ids = list(refs)
+    support = _support(spec)
 
-    def load(image_id):
+    def load(ref):
+        image_id, shots = ref
         what = f"image_id {image_id!r}"
         path = (Path(spec.images) / file_names[image_id] if image_id in file_names
                 else _image_path(spec.images, spec.image_file, image_id, what))
-        return [_load_rgb(path, what)]
+        return [*(_load_rgb(f, "support shot") for f in shots), _load_rgb(path, what)]
 
-    jobs = [([user_turn(CAPTION_PROMPT, 1)], i) for i in ids]
+    jobs = []
+    for i in ids:
+        messages, shots = _with_shots(support, i, user_turn(CAPTION_PROMPT, 1))
+        jobs.append((messages, (i, shots)))
     preds = _generate_chunked(model, encoder, jobs, load, max_new_tokens=max_new_tokens,
-                              batch_size=batch_size)
+                              batch_size=batch_size, images_per_job=spec.shots + 1)
     results = [{"image_id": i, "caption": p} for i, p in zip(ids, preds, strict=True)]
     with tempfile.TemporaryDirectory() as tmp:
         scores = score_official("caption", _write_results(results, Path(tmp)), spec)
@@ -159,18 +196,17 @@ def run_official_caption(spec: SuiteSpec, model, encoder, *, max_new_tokens: int
 
 def run_official_mcq(spec: SuiteSpec, model, encoder, *, max_new_tokens: int,
                      batch_size: int) -> BenchmarkResult:
-    from components.evaluation.mcq import choose_options, mcq_messages
-    from components.evaluation.official_formats import load_mcq_items
+    from components.evaluation.mcq import choose_options, item_images, mcq_messages
+    from components.evaluation.mcq_formats import load_mcq_file
 
-    items = load_mcq_items(spec.items)
+    items = load_mcq_file(spec.items, spec.items_format, images=spec.images, split=spec.split,
+                          circular=spec.circular)
     if spec.mcq_answer == "letter_logprob":
         preds = [s.letter for s in choose_options(model, encoder, items, batch_size=batch_size)]
     else:
         jobs = [(mcq_messages(it), it) for it in items]
-        preds = _generate_chunked(
-            model, encoder, jobs,
-            lambda it: [_load_rgb(it.image, f"item {it.id!r}")] if it.image else [],
-            max_new_tokens=max_new_tokens, batch_size=batch_size)
+        preds = _generate_chunked(model, encoder, jobs, item_images,
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
     results = [{"id": it.id, "answer": p} for it, p in zip(items, preds, strict=True)]
     with tempfile.TemporaryDirectory() as tmp:
         scores = score_official("mcq", _write_results(results, Path(tmp)), spec)
@@ -178,7 +214,20 @@ def run_official_mcq(spec: SuiteSpec, model, encoder, *, max_new_tokens: int,
     rows = [{"key": str(it.id), "task": "mcq", "question": it.question, "prediction": p,
              "answers": [it.answer_letter], "score": float(per_item[it.id]["correct"])}
             for it, p in zip(items, preds, strict=True)]
+    if spec.circular:  # one row per question: its rotations' predictions and answers
+        rows = _circular_rows(rows, scores["perQuestion"])
     return BenchmarkResult(official_metrics("mcq", scores), rows, results)
+
+
+def _circular_rows(rows: list[dict], per_question: Mapping) -> list[dict]:
+    from components.evaluation.mcq_formats import CIRCULAR_OFFSET
+
+    grouped: dict[int, list[dict]] = {}
+    for row in rows:
+        grouped.setdefault(int(row["key"]) % CIRCULAR_OFFSET, []).append(row)
+    return [{**rs[0], "key": str(q), "prediction": "/".join(r["prediction"] for r in rs),
+             "answers": ["/".join(r["answers"][0] for r in rs)],
+             "score": float(per_question[q])} for q, rs in grouped.items()]
 
 
 def _split_samples(data: DataVersion, split: str):
@@ -247,22 +296,11 @@ def _run_pope_file(spec: SuiteSpec, model, encoder, *, max_new_tokens: int,
 
 def apply_judge(judge: JudgeSpec, rows: list[dict], cache_dir: str | Path) -> dict[str, float]:
     """LAVE ratings of the open-answer rows (captions are left to caption metrics): adds
-    ``judge_rating`` to those rows, returns ``judge_score``/``judge_unparsed``/``judge_exact_match``."""
-    from components.evaluation.judge import JudgeItem, judge_summary, make_judge
-    judged = [r for r in rows if r.get("task") != "caption"]
-    if not judged:
-        return {}
-    cache = judge.cache_dir or str(cache_dir)
-    judge_model = make_judge(judge.backend, judge.model, base_url=judge.base_url,
-                             api_key_env=judge.api_key_env, timeout_s=judge.timeout_s,
-                             cache_dir=cache, max_new_tokens=judge.max_new_tokens,
-                             batch_size=judge.batch_size,
-                             exact_match_shortcut=judge.exact_match_shortcut)
-    judgments = judge_model.judge([JudgeItem(r["question"], tuple(r["answers"]), r["prediction"])
-                             for r in judged])
-    for row, j in zip(judged, judgments, strict=True):
-        row["judge_rating"] = j.rating
-    return {f"judge_{k}": v for k, v in judge_summary(judgments).items()}
+    ``judge_rating`` to those rows, returns the ``judge_*`` metrics (the record:
+    judge_records.judge_rows)."""
+    from components.evaluation.judge_records import judge_rows
+
+    return judge_rows(judge, rows, cache_dir)[0]
 
 
 RUNNERS = {  # suite kind -> runner; synthetic and pope read the recipe's data version
@@ -289,5 +327,8 @@ def run_benchmark(spec: SuiteSpec, model, encoder, data: DataVersion | None, *,
     else:
         result = RUNNERS[spec.kind](spec, model, encoder, **kw)
     if spec.judge is not None:
-        result.metrics.update(apply_judge(spec.judge, result.rows, judge_cache))
+        from components.evaluation.judge_records import judge_rows
+
+        metrics, result.judge_record = judge_rows(spec.judge, result.rows, judge_cache)
+        result.metrics.update(metrics)
     return result

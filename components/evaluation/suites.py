@@ -15,12 +15,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from components.evaluation.judge_http import check_base_url, check_key_env
+
 SUITE_KINDS: tuple[str, ...] = ("synthetic", "pope", "vqa", "caption", "mcq")  # runners.RUNNERS
 DATA_SUITES: tuple[str, ...] = ("synthetic", "pope")  # kinds that may read the recipe's data
 DEFAULT_SUITE = "synthetic"
 POPE_SAMPLERS: tuple[str, ...] = ("random", "popular", "adversarial")  # components.evaluation.pope
 POPE_TEMPLATE = "Is there {object} in the image?"
 SUITE_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+MCQ_FORMATS: tuple[str, ...] = ("jsonl", "mmbench", "scienceqa")  # mcq_formats.ITEM_FORMATS
+SUPPORT_FILES = ("support_annotations", "support_questions", "support_images")
 
 
 class _Strict(BaseModel):
@@ -29,13 +33,20 @@ class _Strict(BaseModel):
 
 class JudgeSpec(_Strict):
     """A LAVE-style judge: a local ``AutoModelForCausalLM`` directory (``backend: local``) or
-    a model behind an OpenAI-compatible endpoint (``backend: openai``, ``base_url``)."""
+    a model behind an OpenAI-compatible endpoint (``backend: openai``, ``base_url``: https, or
+    http on a loopback host; ``api_key_env``: a ``VLMFORGE_JUDGE_*`` variable)."""
 
     backend: Literal["local", "openai"] = "local"
     model: str  # local: a model directory; openai: the endpoint's model name
     base_url: str | None = None  # openai: the API root, e.g. http://127.0.0.1:8000/v1
-    api_key_env: str | None = None  # openai: env var holding the API key (optional)
-    timeout_s: float = Field(60.0, gt=0)  # openai: per request
+    api_key_env: str | None = None  # openai: VLMFORGE_JUDGE_* env var holding the API key
+    timeout_s: float = Field(60.0, gt=0)  # openai: per request attempt
+    max_attempts: int = Field(4, gt=0)  # openai: retries on 429 / 5xx / connection errors
+    max_response_bytes: int = Field(1 << 20, gt=0)  # openai: a larger reply is refused
+    deadline_s: float | None = Field(3600.0, gt=0)  # the whole judge run (None: none)
+    max_calls: int | None = Field(None, ge=0)  # budget: new model calls per judge run
+    max_tokens: int | None = Field(None, ge=0)  # budget: prompt + completion tokens per run
+    price_per_1k_tokens: float = Field(0.0, ge=0)  # estimated cost in the judge record
     cache_dir: str | None = None  # default: $VLMFORGE_HOME/judge-cache
     max_new_tokens: int = Field(48, gt=0)
     batch_size: int = Field(8, gt=0)  # openai: concurrent requests
@@ -47,6 +58,9 @@ class JudgeSpec(_Strict):
             raise ValueError("an openai judge needs a base_url")
         if self.backend == "local" and (self.base_url or self.api_key_env):
             raise ValueError("base_url and api_key_env apply to an openai judge only")
+        if self.base_url:
+            check_base_url(self.base_url)
+        check_key_env(self.api_key_env)
         return self
 
 
@@ -54,9 +68,14 @@ class SuiteSpec(_Strict):
     """One benchmark suite. Paths in a suite config file are relative to that file."""
 
     kind: Literal[SUITE_KINDS]  # type: ignore[valid-type]
-    split: str = "test"  # synthetic/pope: the data split asked about
-    shots: int = Field(0, ge=0)  # synthetic: in-context examples per question
+    split: str = "test"  # synthetic/pope: the data split asked about; mcq scienceqa: its split
+    shots: int = Field(0, ge=0)  # synthetic/vqa/caption: in-context examples per question
     support_split: str = "val"  # synthetic: where the shots come from
+    # vqa/caption with shots: the support file(s) shots come from, like `annotations` and
+    # `questions`, and their image folder (default: `images`)
+    support_annotations: str | None = None
+    support_questions: str | None = None
+    support_images: str | None = None
     seed: int = 0
     samplers: list[Literal[POPE_SAMPLERS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(POPE_SAMPLERS))
@@ -66,8 +85,10 @@ class SuiteSpec(_Strict):
     # vqa: VQAv2 questions file (TextVQA carries its questions); pope: a POPE question file
     # (JSONL: question_id, image, text, label) over `images`
     questions: str | None = None
-    items: str | None = None  # mcq: items JSONL
-    images: str | None = None  # vqa/caption: the image folder
+    items: str | None = None  # mcq: items JSONL, MMBench TSV or ScienceQA problems.json
+    items_format: Literal[MCQ_FORMATS] = "jsonl"  # type: ignore[valid-type]
+    circular: bool = False  # mcq mmbench: CircularEval (right only if every rotation is)
+    images: str | None = None  # vqa/caption: the image folder; scienceqa: <split>/<id>/ root
     image_file: str = "{image_id}.jpg"  # name of an image in `images` (COCO: its file_name)
     metrics: list[str] = Field(default_factory=lambda: ["BLEU", "ROUGE_L", "CIDEr"])
     mcq_answer: Literal["letter_logprob", "generate"] = "letter_logprob"
@@ -85,9 +106,27 @@ class SuiteSpec(_Strict):
             raise ValueError(f"a {self.kind} suite needs {', '.join(missing)}")
         if self.judge is not None and self.kind not in ("synthetic", "vqa"):
             raise ValueError(f"a judge scores open answers: synthetic or vqa suites, not {self.kind}")
-        if self.shots and self.kind != "synthetic":
-            raise ValueError("shots apply to synthetic suites only")
+        if self.shots and self.kind not in ("synthetic", "vqa", "caption"):
+            raise ValueError("shots apply to synthetic, vqa and caption suites only")
+        self._check_support()
+        if self.items_format != "jsonl" and self.kind != "mcq":
+            raise ValueError("items_format applies to mcq suites only")
+        if self.items_format == "scienceqa" and self.images is None:
+            raise ValueError("a scienceqa mcq suite needs images (the folder holding "
+                             "<split>/<id>/image.png)")
+        if self.circular and self.items_format != "mmbench":
+            raise ValueError("circular applies to mcq suites with items_format mmbench only")
         return self
+
+    def _check_support(self) -> None:
+        given = [f for f in SUPPORT_FILES if getattr(self, f) is not None]
+        if self.kind in ("vqa", "caption") and self.shots and self.support_annotations is None:
+            raise ValueError(f"a {self.kind} suite with shots needs support_annotations (the "
+                             "file the shots come from)")
+        if given and not (self.kind in ("vqa", "caption") and self.shots):
+            raise ValueError(f"{', '.join(given)} apply to vqa and caption suites with shots only")
+        if self.support_questions is not None and self.kind != "vqa":
+            raise ValueError("support_questions apply to vqa suites only")
 
     @property
     def needs_data(self) -> bool:
@@ -97,7 +136,7 @@ class SuiteSpec(_Strict):
     def resolve_paths(self, base: Path) -> SuiteSpec:
         """The spec with relative file paths made absolute against ``base``."""
         update = {}
-        for name in ("annotations", "questions", "items", "images"):
+        for name in ("annotations", "questions", "items", "images", *SUPPORT_FILES):
             value = getattr(self, name)
             if value is not None and not Path(value).expanduser().is_absolute():
                 update[name] = str((base / value).resolve())

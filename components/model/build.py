@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import (
     AutoModelForImageTextToText,
     AutoProcessor,
@@ -40,6 +41,8 @@ from components.model.spec import REGISTERED, ModelSpec
 from components.model.tokens import prepare_tokenizer
 
 hf_logging.disable_progress_bar()
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}  # a stage's `dtype`
 
 
 def backbone_dir(name: str, registered: Mapping[str, str | Path]) -> str:
@@ -120,9 +123,11 @@ def processor_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, lo
 def build_stage_model(model_spec: ModelSpec, *, seed: int, parent_dir: str | Path | None,
                       registered: Mapping[str, str | Path], longest_edge: int,
                       unfreeze: Mapping[str, str], lora_rank: int,
-                      feature_images: list | None = None) -> tuple[PreTrainedModel, Any, dict[str, int]]:
+                      feature_images: list | None = None,
+                      dtype: str = "fp32") -> tuple[PreTrainedModel, Any, dict[str, int]]:
     """The model a training stage starts from (the saved parent version, or assembled from
-    the backbones when ``parent_dir`` is None), its processor at the stage's resolution, and
+    the backbones when ``parent_dir`` is None) in ``dtype`` (fp32 / bf16: a saved parent is
+    loaded in it, a new VLM cast to it), its processor at the stage's resolution, and
     the trainable parameter count per group after the stage's unfreezing. The processor
     normalises images as the vision tower expects: the backbone's own image processor stats for
     a new VLM, the parent's saved processor's otherwise."""
@@ -130,17 +135,20 @@ def build_stage_model(model_spec: ModelSpec, *, seed: int, parent_dir: str | Pat
 
     if parent_dir is None:
         model, tokenizer = build_vlm(model_spec, registered, seed=seed, feature_images=feature_images)
+        model = model.to(TORCH_DTYPES[dtype])
         stats = vision_stats(model_spec, registered)
     else:
-        model, saved = load_vlm(parent_dir)
+        model, saved = load_vlm(parent_dir, dtype=dtype)
         tokenizer, stats = saved.tokenizer, ImageStats.of(saved.image_processor)
     processor = processor_for(model, tokenizer, longest_edge, image_mean=stats.mean, image_std=stats.std)
     return model, processor, apply_unfreezing(model, dict(unfreeze), lora_rank=lora_rank)
 
 
-def load_vlm(path: str | Path):
-    """A saved VLM and its processor, via the standard Auto classes."""
-    return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+def load_vlm(path: str | Path, dtype: str = "fp32"):
+    """A saved VLM (in ``dtype``, whatever it was saved in) and its processor, via the
+    standard Auto classes."""
+    return (AutoModelForImageTextToText.from_pretrained(path, dtype=TORCH_DTYPES[dtype]),
+            AutoProcessor.from_pretrained(path))
 
 
 def save_vlm(model: PreTrainedModel, processor, out_dir: Path) -> Path:

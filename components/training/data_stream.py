@@ -4,6 +4,9 @@ Samples that cannot fit `max_length` with all their image tokens (and, for
 preference pairs, the whole prompt and both answers) are skipped and counted
 (`skipped`), never truncated.
 
+Training samples the data's contamination stage quarantined (``data.contamination:
+quarantine``: their images match an evaluation suite's) are skipped by every stream.
+
 Text-only sources can be mixed in at a fixed ratio (`MixedSamples`), or every source
 drawn by weight (`MixtureSamples`, a stage's `mixture`, realised counts in `counts`);
 supervised batches can be packed (several conversations per row, see `packing`).
@@ -17,6 +20,7 @@ import random
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
+from components.data.duplicates import quarantined_keys
 from components.data.sample import Sample
 from components.data.shards import read_samples, shard_paths
 from components.data.synthetic import TEXT_ONLY_SOURCES
@@ -27,10 +31,12 @@ SHUFFLE_BUFFER = 1000  # decoded samples held for shuffling, shared out among a 
 
 
 class SampleStream:
-    """Endless shuffled samples: shard order reshuffled per epoch plus a shuffle buffer."""
+    """Endless shuffled samples: shard order reshuffled per epoch plus a shuffle buffer; the
+    keys in `skip` (quarantined samples) are left out."""
 
-    def __init__(self, paths: list[Path], seed: int, buffer: int = 1000):
-        self.paths, self.buffer = list(paths), buffer
+    def __init__(self, paths: list[Path], seed: int, buffer: int = 1000,
+                 skip: Collection[str] = frozenset()):
+        self.paths, self.buffer, self.skip = list(paths), buffer, frozenset(skip)
         self.rng = random.Random(seed)
         self.epoch = 0
 
@@ -39,10 +45,17 @@ class SampleStream:
             order = self.paths[:]
             self.rng.shuffle(order)
             pool: list[Sample] = []
+            kept = 0
             for sample in read_samples(order):
+                if sample.key in self.skip:
+                    continue
+                kept += 1
                 pool.append(sample)
                 if len(pool) >= self.buffer:
                     yield pool.pop(self.rng.randrange(len(pool)))
+            if not kept:
+                raise ValueError(f"no trainable sample in {[str(p) for p in self.paths]}: every "
+                                 "one is quarantined (data.contamination) or the shards are empty")
             self.rng.shuffle(pool)
             yield from pool
             self.epoch += 1
@@ -97,7 +110,9 @@ class MixtureSamples:
 def mixture_stream(shards_dir: Path, mixture: Mapping[str, float], seed: int) -> MixtureSamples:
     """The train samples of a stage's `mixture` (source -> weight), one shuffled stream per source."""
     buffer = max(64, SHUFFLE_BUFFER // len(mixture))
-    streams = {s: SampleStream(shard_paths(shards_dir, "train", [s]), seed=seed + 1 + i, buffer=buffer)
+    skip = quarantined_keys(shards_dir)
+    streams = {s: SampleStream(shard_paths(shards_dir, "train", [s]), seed=seed + 1 + i, buffer=buffer,
+                               skip=skip)
                for i, s in enumerate(mixture)}
     return MixtureSamples(streams, mixture, seed)
 
@@ -111,15 +126,16 @@ def sample_stream(shards_dir: Path, sources: list[str], seed: int, text_ratio: f
         if text_ratio is not None:
             raise ValueError("give the text share as the mixture weight of 'text', not text_ratio")
         return mixture_stream(shards_dir, mixture, seed)
+    skip = quarantined_keys(shards_dir)
     if text_ratio is None:
-        return SampleStream(shard_paths(shards_dir, "train", sources), seed=seed)
+        return SampleStream(shard_paths(shards_dir, "train", sources), seed=seed, skip=skip)
     text = [s for s in sources if s in TEXT_ONLY_SOURCES]
     image = [s for s in sources if s not in TEXT_ONLY_SOURCES]
     if not text or not image:
         raise ValueError(f"text_ratio needs a text-only source {list(TEXT_ONLY_SOURCES)} and an image source, "
                          f"got {sources}")
-    return MixedSamples(SampleStream(shard_paths(shards_dir, "train", text), seed=seed),
-                        SampleStream(shard_paths(shards_dir, "train", image), seed=seed + 1),
+    return MixedSamples(SampleStream(shard_paths(shards_dir, "train", text), seed=seed, skip=skip),
+                        SampleStream(shard_paths(shards_dir, "train", image), seed=seed + 1, skip=skip),
                         text_ratio, seed=seed + 2)
 
 

@@ -6,11 +6,14 @@ fraction) and resumable checkpoints; an objective maps (model, batch) to (loss, 
 
 Checkpoints (`checkpoint_every` > 0 and a `checkpoint_dir`): `accelerate save_state` every
 N optimiser steps, after the last step, and on SIGTERM (then `TrainingInterrupted`, exit
-status 143); see `checkpoints`. On start,
-the newest checkpoint in the directory is restored and the batch stream is fast-forwarded
-past the batches already consumed, so a resumed run sees the same data in the same order
-and ends where an uninterrupted one does. The stream must therefore be deterministic
-from a fresh iteration (the data streams of `data_stream` are: seeded shuffles).
+status 143); see `checkpoints`. On start, the newest checkpoint that passes its manifest
+check is restored (an unusable newer one is skipped with a warning), provided it was
+written with this run's world size, per-process batch size and accumulation, and the
+batch stream is fast-forwarded past the batches already consumed, so a resumed run sees
+the same data in the same order and ends where an uninterrupted one does. The stream
+must therefore be deterministic from a fresh iteration (the data streams of
+`data_stream` are: seeded shuffles). The LR scheduler is not registered with accelerate
+(that would pickle it): its counters travel as JSON in the loop state.
 
 Under `accelerate launch` with N processes (DDP), rank r takes batches r, r+N, r+2N...
 of the (identically ordered) batch stream, so every rank sees different data and one
@@ -39,10 +42,14 @@ from torch import nn
 from components.progress import progress
 from components.recipe import SCHEDULES, TrainSettings
 from components.training.checkpoints import (
-    latest_checkpoint,
+    check_rng_restored,
+    check_run_settings,
+    newest_verified,
     read_loop_state,
-    remove_partial,
+    restore_scheduler,
     save_checkpoint,
+    scheduler_state,
+    tidy,
 )
 from components.training.objectives import Objective, lm_objective
 
@@ -149,8 +156,7 @@ def train(
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, LRSchedule(cfg.schedule, cfg.warmup_steps, cfg.steps, cfg.decay_fraction))
-    model, optimizer = accel.prepare(model, optimizer)
-    accel.register_for_checkpointing(scheduler)
+    model, optimizer = accel.prepare(model, optimizer)  # the scheduler is saved as JSON, below
     # FSDP2 / DeepSpeed replace parameters on prepare: clip the prepared model's own
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -158,21 +164,20 @@ def train(
     result = LoopResult(steps=0, samples=0, seconds=0.0)
     window = _Window.empty(accel.device)
     raw = _cycle(batches)
-    if ckpt_dir is not None:
-        if accel.is_main_process:
-            remove_partial(ckpt_dir)
-        accel.wait_for_everyone()
-        if (path := latest_checkpoint(ckpt_dir)) is not None:
-            state = read_loop_state(path)
-            # same data position: skip what the interrupted run consumed, then restore RNGs
-            if state["steps"] < cfg.steps:
-                _consume(raw, state["steps"] * cfg.grad_accum * accel.num_processes)
-            accel.load_state(str(path))
-            result.steps = result.resumed_from = state["steps"]
-            result.samples, result.history = state["samples"], state["history"]
-            result.evals = state.get("evals", [])
-            window = _Window.from_state(state["window"], accel.device)
-            log.info("resumed from checkpoint %s at step %d of %d", path, result.steps, cfg.steps)
+    if (path := _resume_from(accel, ckpt_dir)) is not None:
+        state = read_loop_state(path)
+        check_run_settings(path, state.get("run"), _run_settings(accel, cfg))
+        # same data position: skip what the interrupted run consumed, then restore RNGs
+        if state["steps"] < cfg.steps:
+            _consume(raw, state["steps"] * cfg.grad_accum * accel.num_processes)
+        accel.load_state(str(path), load_kwargs={"weights_only": True})
+        check_rng_restored(path, accel.process_index)
+        restore_scheduler(scheduler, state["scheduler"])
+        result.steps = result.resumed_from = state["steps"]
+        result.samples, result.history = state["samples"], state["history"]
+        result.evals = state.get("evals", [])
+        window = _Window.from_state(state["window"], accel.device)
+        log.info("resumed from checkpoint %s at step %d of %d", path, result.steps, cfg.steps)
     model.train()
     stream = _shard(raw, accel.process_index, accel.num_processes)
     stop = _SigtermFlag(enabled=ckpt_dir is not None)
@@ -222,8 +227,9 @@ def train(
                 t_save = time.perf_counter()
                 path = save_checkpoint(accel, ckpt_dir, result.steps, {
                     "steps": result.steps, "samples": result.samples, "history": result.history,
-                    "evals": result.evals,
-                    "window": window.state()}, cfg.keep_checkpoints)
+                    "evals": result.evals, "window": window.state(),
+                    "scheduler": scheduler_state(scheduler), "run": _run_settings(accel, cfg)},
+                    cfg.keep_checkpoints)
                 window.t0 += time.perf_counter() - t_save  # nor is checkpoint time
                 if interrupted:
                     stop.handled = True
@@ -331,6 +337,27 @@ def _checkpoint_dir(accel: Accelerator, cfg: TrainSettings, path: Path | str | N
     if accel.num_processes > 1:
         broadcast_object_list(value, from_process=0)
     return None if value[0] is None else Path(value[0])
+
+
+def _resume_from(accel: Accelerator, ckpt_dir: Path | None) -> Path | None:
+    """The checkpoint to resume from: rank 0 clears what a killed writer left and picks the
+    newest verified checkpoint, and every rank gets its choice."""
+    if ckpt_dir is None:
+        return None
+    path = None
+    if accel.is_main_process:
+        tidy(ckpt_dir)
+        path = newest_verified(ckpt_dir)
+    value = [None if path is None else str(path)]
+    if accel.num_processes > 1:
+        broadcast_object_list(value, from_process=0)
+    return None if value[0] is None else Path(value[0])
+
+
+def _run_settings(accel: Accelerator, cfg: TrainSettings) -> dict[str, int]:
+    """What a checkpoint's data position means: batches per step = world x accumulation."""
+    return {"world_size": accel.num_processes, "batch_size": cfg.batch_size,
+            "grad_accum": cfg.grad_accum}
 
 
 def _consume(stream: Iterator, n: int) -> None:

@@ -138,28 +138,56 @@ def preference_loss(
     return loss, metrics
 
 
+REFERENCE_LOGPS = "reference_logps"  # a batch key: the rows' cached reference log-probs
+# (policy, inputs without labels, labels) -> the reference's sequence log-probs per row
+ReferenceFn = Callable[[nn.Module, dict, torch.Tensor], torch.Tensor]
+
+
+class FrozenReference:
+    """A frozen model as the reference (align's `reference: copy`), moved to the batches' device
+    on first use (it is copied before accelerate moves the policy)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model.eval().requires_grad_(False)
+
+    def __call__(self, policy: nn.Module, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+        if next(self.model.parameters()).device != labels.device:
+            self.model.to(labels.device)
+        return sequence_logps(self.model(**inputs).logits, labels)
+
+
 class PreferenceObjective:
     """Policy vs a frozen reference on batches of [chosen..., rejected...] rows.
+
+    The reference is a model (kept frozen), a `ReferenceFn`, or None: then every batch must
+    carry the rows' reference log-probs under `REFERENCE_LOGPS` (computed before training),
+    which a batch may also carry with a reference given.
 
     Metrics per step (names as TRL logs them): rewards/chosen, rewards/rejected,
     rewards/margins, rewards/accuracies, logps/chosen, logps/rejected (plus
     loss/preference and loss/sft for `sigmoid_sft`); the loop logs the total `loss`.
     """
 
-    def __init__(self, reference: nn.Module, beta: float, loss_type: str = "sigmoid", sft_weight: float = 1.0):
+    def __init__(self, reference: nn.Module | ReferenceFn | None, beta: float, loss_type: str = "sigmoid",
+                 sft_weight: float = 1.0):
         if loss_type not in PREFERENCE_OBJECTIVES:
             raise ValueError(f"unknown preference loss {loss_type!r}; expected one of {list(PREFERENCE_OBJECTIVES)}")
-        self.reference = reference.eval().requires_grad_(False)
+        self.reference = FrozenReference(reference) if isinstance(reference, nn.Module) else reference
         self.beta = beta
         self.loss_type = loss_type
         self.sft_weight = sft_weight
 
     def __call__(self, model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         labels = batch["labels"]
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", REFERENCE_LOGPS)}
+        ref_logps = batch.get(REFERENCE_LOGPS)
+        if ref_logps is None:
+            if self.reference is None:
+                raise ValueError(f"the batch carries no {REFERENCE_LOGPS} and the objective has "
+                                 "no reference model")
+            with torch.no_grad():  # before the policy: nothing of it is in flight meanwhile
+                ref_logps = self.reference(model, inputs, labels)
         logps = sequence_logps(model(**inputs).logits, labels)
-        with torch.no_grad():
-            ref_logps = sequence_logps(self.reference(**inputs).logits, labels)
         tokens = labelled_tokens(labels)
         half = labels.shape[0] // 2
         return preference_loss(

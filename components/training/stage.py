@@ -12,6 +12,7 @@ from typing import Any
 from components.data.shards import read_samples, shard_paths
 from components.model.chat import ChatEncoder
 from components.recipe import STAGE_KINDS, AlignStage, StageBase, SupervisedStage
+from components.training.activations import activation_checkpointing
 from components.training.corrected_pairs import CorrectedCaptionPairs
 from components.training.data_stream import ChatBatches, PreferenceBatches, sample_stream
 from components.training.grounding import GroundingFit, fit_connector, regions
@@ -22,6 +23,13 @@ from components.training.objectives import (
     PreferenceObjective,
 )
 from components.training.packing import packed_lm_objective
+from components.training.preflight import PreflightReport, run_preflight
+from components.training.reference import (
+    ReferenceCache,
+    WithReference,
+    adapter_reference,
+    own_batches,
+)
 from components.training.val_probe import validation_probe
 
 
@@ -33,6 +41,7 @@ class StageRun:
     grounding: GroundingFit | None = None  # the connector fit of a `ground_connector` stage
     # align with `rejected_from: model`: caption prompts the reference captioned, pairs rewritten
     corrections: dict[str, int] = field(default_factory=dict)
+    preflight: PreflightReport | None = None  # the data pipeline's checks before the first step
 
     @property
     def skipped(self) -> int:
@@ -59,7 +68,8 @@ def ground_connector(model, processor, stage: StageBase, shards: Path) -> Ground
 
 
 def run_stage(model, processor, stage: StageBase, shards: Path, *, seed: int, max_length: int,
-              on_log: LogFn | None = None, checkpoint_dir: Path | None = None) -> StageRun:
+              on_log: LogFn | None = None, checkpoint_dir: Path | None = None,
+              reference_file: Path | None = None) -> StageRun:
     """Train `model` in place for one stage of the recipe: the runner of its kind picks the
     data stream and objective, and `stage.train` drives the loop.
 
@@ -69,23 +79,60 @@ def run_stage(model, processor, stage: StageBase, shards: Path, *, seed: int, ma
 
     A stage with `ground_connector` first fits the connector to the LM's phrase embeddings
     on its sources' annotated training images (grounding.py); with `train.steps` 0 that fit
-    is the whole stage."""
+    is the whole stage. Before the first step, the pre-flight checks (preflight.py) run on
+    the stage's first samples and fail the stage naming the sample that breaks one.
+
+    `gradient_checkpointing` recomputes the vision tower's and the LM's layer activations in
+    backward (transformers' own, non-reentrant). An align stage with `reference: cached`
+    computes the reference log-probs of every row it will train on before the first step,
+    kept in `reference_file` when given (reused by a later run with the same reference model
+    and data: the caller names the file after both)."""
     grounding = (ground_connector(model, processor, stage, shards)
                  if getattr(stage, "ground_connector", None) else None)
     if stage.train.steps == 0:
         return StageRun(LoopResult(steps=0, samples=0, seconds=0.0), 0, grounding=grounding)
     encoder = ChatEncoder(processor, max_length)
     plan = STAGE_RUNNERS[stage.kind](model, stage, shards, encoder, seed)
+    # a fresh stream of the same seed: the checks see the stage's first samples, training
+    # still starts from them
+    fresh = sample_stream(shards, stage.sources, seed, getattr(stage, "text_ratio", None), stage.mixture)
+    checked = run_preflight(model, encoder, fresh, plan.batches.encode,
+                            packing=getattr(stage, "packing", False))
     probe = None
     if stage.train.eval_every:
         probe = validation_probe(shards, stage.sources, stage.kind, encoder, plan.val_objective,
                                  stage.train.batch_size)
-    result = train(model, plan.batches, stage.train, plan.objective, on_log,
-                   checkpoint_dir=checkpoint_dir, on_eval=probe, seed=seed)
+    feed = plan.batches
+    if getattr(stage, "reference", None) == "cached":
+        feed = cached_reference(model, stage, shards, encoder, seed, plan.batches, probe, reference_file)
+    with activation_checkpointing(model, stage.gradient_checkpointing):
+        result = train(model, feed, stage.train, plan.objective, on_log,
+                       checkpoint_dir=checkpoint_dir, on_eval=probe, seed=seed)
     corrections = ({"captions_judged": plan.samples.judged, "pairs_corrected": plan.samples.replaced}
                    if isinstance(plan.samples, CorrectedCaptionPairs) else {})
     return StageRun(result, plan.batches.skipped, dict(getattr(plan.stream, "counts", {})),
-                    grounding, corrections)
+                    grounding, corrections, checked)
+
+
+def cached_reference(model, stage: AlignStage, shards: Path, encoder: ChatEncoder, seed: int,
+                     batches, probe, path: Path | None) -> WithReference:
+    """Fill the reference cache with the parent's (``model`` before any step) log-probs of the
+    batches this process will train on (a fresh stream of the same seed replays them) and of
+    the validation probe's; the training batches with them attached."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if path is not None and state.num_processes > 1:
+        path = path.with_name(f"{path.stem}.rank{state.process_index}-of-{state.num_processes}{path.suffix}")
+    cache = ReferenceCache(path)
+    model.to(state.device)
+    fresh = preference_plan(model, stage, shards, encoder, seed).batches
+    count = stage.train.steps * stage.train.grad_accum * state.num_processes
+    cache.fill(model, own_batches(iter(fresh), count, state.process_index, state.num_processes))
+    if probe is not None:
+        cache.fill(model, probe.batches)
+        probe.batches = [cache.attach(b) for b in probe.batches]
+    return WithReference(batches, cache, state.process_index, state.num_processes)
 
 
 @dataclass
@@ -113,9 +160,12 @@ def supervised_plan(model, stage: SupervisedStage, shards: Path, encoder: ChatEn
 
 def preference_plan(model, stage: AlignStage, shards: Path, encoder: ChatEncoder,
                     seed: int) -> StagePlan:
-    """Align: chosen/rejected pairs against a frozen copy of the parent (SFT) model."""
+    """Align: chosen/rejected pairs against the parent (SFT) model as the reference: a frozen
+    copy (`copy`), the policy with its adapters off (`adapters`), or none here (`cached`: the
+    batches bring the reference log-probs, see `cached_reference`)."""
     stream = sample_stream(shards, stage.sources, seed, None, stage.mixture)
-    reference = copy.deepcopy(model)
+    reference = {"copy": lambda: copy.deepcopy(model), "adapters": lambda: adapter_reference,
+                 "cached": lambda: None}[stage.reference]()
     samples = (CorrectedCaptionPairs(stream, reference, encoder) if stage.rejected_from == "model"
                else stream)
     objective = PreferenceObjective(reference, beta=stage.beta, loss_type=stage.loss,

@@ -1,4 +1,4 @@
-"""`vlmforge bench serve`: a registered model behind `mlflow models serve`, under load.
+"""`vlmforge bench serve`: a registered model behind `vlmforge serve`, under load.
 
 Sends ``requests`` single-row requests from ``concurrency`` threads (urllib) to a
 server started on a free 127.0.0.1 port, after answering the same row in this process

@@ -3,8 +3,11 @@
 - startup: wall time of `vlmforge --help` vs a bare `python -c pass` (ratio = help / bare).
 - rerun:   `vlmforge run` twice on a fresh home (ratio = unchanged second run / first run).
 - generation: batched KV-cache generation vs one prompt at a time (ratio = per-sample / batched).
-- serve:   500 requests at concurrency 8 against `mlflow models serve` (ratio = served / in-process
+- serve:   500 requests at concurrency 8 against `vlmforge serve` (ratio = served / in-process
   throughput).
+- soak:    1,000 requests at concurrency 8, one in ten hostile, against `vlmforge serve` of a tiny
+  VLM: responses by status (none >= 500), good requests answered, latency, the server's peak RSS
+  against the bound its caps imply; see flows/bench/soak.py.
 - dask:    shard generation of configs/tiny.yaml's data (10,500 samples) on a Dask LocalCluster of
   1 vs 2 workers (ratio = 2-worker / 1-worker records/s); see flows/bench/dask_shards.py.
 - loader:  the webdataset loader's samples/s at the recipe's 64 px stage vs the recipe model's
@@ -15,6 +18,13 @@
   unpacked / packed); see flows/bench/packing.py.
 - pixel-shuffle: image tokens and step time with pixel-shuffle factor 1 vs 2 vs 4 (ratio = factor-1
   / factor-4 step time); see flows/bench/pixel_shuffle.py.
+- memory:  peak resident memory and seconds per step of the SmolVLM-256M-shaped model's SFT and
+  align steps, each memory setting in a fresh process (full, LoRA, gradient checkpointing, bf16;
+  copied vs cached reference, LoRA with adapters off; ratios against full fine-tuning and the
+  copied reference); see flows/bench/memory.py.
+- peer:    the same SFT and DPO through vlmforge's stage and TRL's SFTTrainer / DPOTrainer (same
+  model, batches, steps), each in a fresh process: samples/s and peak memory (ratios = vlmforge /
+  TRL; goal: speed >= 1, memory <= 1); see flows/bench/peer.py.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from __future__ import annotations
 import json
 
 BENCHES = ("rerun", "startup", "generation", "serve", "dask", "overhead", "pixel-shuffle", "loader",
-           "packing")
+           "packing", "soak", "memory", "peer")
 
 
 def run_bench(name: str, recipe: str, as_json: bool = False,
@@ -35,6 +45,10 @@ def run_bench(name: str, recipe: str, as_json: bool = False,
         from flows.bench.serving import bench_serve
 
         result = bench_serve(model)
+    elif name == "soak":
+        from flows.bench.soak import bench_soak
+
+        result = bench_soak()  # a tiny VLM in a throwaway store: --model is for serve
     elif name == "dask":
         from flows.bench.dask_shards import bench_dask
 
@@ -55,6 +69,20 @@ def run_bench(name: str, recipe: str, as_json: bool = False,
         from flows.bench.loader import bench_loader
 
         result = bench_loader(recipe)
+    elif name == "memory":
+        from flows.bench.memory import bench_memory, table
+
+        result = bench_memory()  # the SmolVLM-256M-shaped model: --recipe is for the others
+        if not as_json:
+            print(table(result))
+            return 0
+    elif name == "peer":
+        from flows.bench.peer import bench_peer, table
+
+        result = bench_peer()
+        if not as_json:
+            print(table(result))
+            return 0
     elif name == "startup":
         from flows.bench.runs import bench_startup
 

@@ -3,6 +3,7 @@
     vlmforge evaluate --model models:/vlm-tiny@champion --suite pope
     vlmforge evaluate --recipe configs/tiny.yaml                   # default suite + gate
     vlmforge evaluate --model 7 --suite synthetic_2shot --suite textvqa --suite-config suites.yaml
+    vlmforge evaluate --rejudge RUN_ID   # judge a run's stored predictions again (rejudge.py)
 
 Only the standard library is imported at module level, so `vlmforge --help` stays light.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from flows.commands.rejudge import add_rejudge_arguments
 
 DEFAULT_RECIPE = "configs/tiny.yaml"
 
@@ -82,6 +85,8 @@ def format_outcome(name: str, out, default_suite: bool) -> str:
         lines.append(f"{name} v{out.version}: {b.suite} "
                      f"{'(recorded scores) ' if b.cached else ''}run {b.run_id}")
         lines += [f"  {k:<40}{v:.4f}" for k, v in sorted(b.metrics.items())]
+        if getattr(b, "note", ""):
+            lines.append(f"  note: {b.note}")
     lines.append(f"promotion: {out.reason}; champion is v{out.champion}")
     return "\n".join(lines)
 
@@ -91,6 +96,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.stages.data import current_data
 
     recipe = open_recipe(args.recipe)
+    if getattr(args, "rejudge", None):
+        from flows.commands.rejudge import rejudge_command
+
+        return rejudge_command(recipe, args)
     try:
         data = current_data(recipe)
     except LookupError as exc:
@@ -120,5 +129,6 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
                         help="recipe YAML: data, settings, gate (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="re-score even when unchanged")
     add_evaluate_arguments(parser)
+    add_rejudge_arguments(parser)
     parser.set_defaults(func=cmd_evaluate)
     return parser

@@ -15,8 +15,8 @@ import sys
 from typing import Any
 
 SUMMARY_KEYS = ("format", "read", "accepted", "quarantined", "rules", "quarantine_rate",
-                "max_quarantine_rate", "images_dropped", "images_dropped_rules", "validation",
-                "shards", "out", "seconds")
+                "max_quarantine_rate", "images_dropped", "images_dropped_rules", "files",
+                "validation", "shards", "out", "seconds")
 
 
 class _RunFailed(Exception):
@@ -83,7 +83,7 @@ def log_ingest(summary: dict[str, Any], args: argparse.Namespace, error: Excepti
             metrics.update({f"quarantined_{rule}": n for rule, n in summary["rules"].items()})
             registry.log_metrics(metrics)
             for name in ("summary.json", "validation.json", "quarantine/quarantine.jsonl",
-                         "quarantine/images_quarantined.jsonl"):
+                         "quarantine/images_quarantined.jsonl", "quarantine/files.jsonl"):
                 if (out / name).exists():
                     registry.log_artifact(out / name)
             if error is not None:

@@ -3,61 +3,86 @@
     vlmforge promote --model vlm-tiny --version 7 --dry-run
     vlmforge promote --model vlm-tiny --version 5 --force --reason "rollback: v7 broke OCR"
 
-Prints the comparison (metric, champion, candidate, delta, verdict) and the decision. The
-gate is the recipe's (``evaluate.primary_metric``, ``min_delta``, ``guarded``), each part
-overridable. Exit status: 0 promoted (or would be, with --dry-run), 1 refused by the gate,
-2 an error (unknown version, a version without evaluation metrics, bad arguments).
+Prints the gate, then every metric of both versions with the 95 % interval of their paired
+difference (bootstrap over the items both were scored on), McNemar's exact p for shares of
+right answers, and each verdict; then the decision. The gate is the recipe's (its `evaluate`
+section); an override may tighten it, and one that loosens it (another --primary, a lower
+--min-delta, a wider --guard, --lower-is-better for a higher-is-better primary) needs --force
+and --reason, like any forced promotion, and is recorded on the version with the gate used.
+Exit status: 0 promoted (or would be, with --dry-run), 1 refused by the gate, 2 an error
+(unknown version, a version without evaluation metrics, bad arguments, a loosened gate
+without --force), 3 lost a race (another promotion moved the alias first; nothing recorded).
 Only the standard library is imported at module level.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 DEFAULT_RECIPE = "configs/tiny.yaml"
+LOST_RACE = 3
+
+
+def finite_float(text: str) -> float:
+    """A finite number (``nan``/``inf`` would compare false and slip through any threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
 
 
 def parse_guard(text: str) -> tuple[str, float]:
-    """``METRIC=TOLERANCE`` -> (metric, tolerance >= 0)."""
+    """``METRIC=TOLERANCE`` -> (metric, finite tolerance >= 0)."""
     metric, sep, value = text.partition("=")
     try:
-        tolerance = float(value)
-    except ValueError:
+        tolerance = finite_float(value)
+    except argparse.ArgumentTypeError:
         tolerance = -1.0
     if not sep or not metric or tolerance < 0:
         raise argparse.ArgumentTypeError(f"--guard {text!r}: expected METRIC=TOLERANCE with "
-                                         "a tolerance >= 0")
+                                         "a finite tolerance >= 0")
     return metric, tolerance
 
 
-def gate_from_args(args: argparse.Namespace):
-    """The recipe's gate with the command line's overrides."""
-    from registry.promotion import GateConfig
+def recipe_gate(args: argparse.Namespace):
+    """The recipe's gate (the default recipe's `evaluate` defaults when it is not here)."""
+    from components.recipe import Evaluation, load_recipe
+    from registry.promotion import gate_from_recipe
 
-    primary, min_delta, guarded = None, 0.0, {}
     recipe_path = Path(args.recipe) if args.recipe else None
     if recipe_path is not None and recipe_path.is_file():
-        from components.recipe import load_recipe
-
-        ev = load_recipe(recipe_path).evaluate
-        primary, min_delta, guarded = ev.primary_metric, ev.min_delta, dict(ev.guarded)
-    elif args.recipe and args.recipe != DEFAULT_RECIPE:
+        return gate_from_recipe(load_recipe(recipe_path).evaluate)
+    if args.recipe and args.recipe != DEFAULT_RECIPE:
         raise ValueError(f"recipe {args.recipe!r} not found")
+    return gate_from_recipe(Evaluation())
+
+
+def gate_from_args(args: argparse.Namespace):
+    """The recipe's gate with the command line's overrides, and how they loosen it."""
+    from registry.promotion import loosenings
+
+    baseline = recipe_gate(args)
+    gate = baseline
     if args.primary:
-        primary = args.primary
+        gate = replace(gate, primary=args.primary)
     if args.min_delta is not None:
-        min_delta = args.min_delta
-    guarded.update(dict(args.guard or []))
-    if primary is None:
-        raise ValueError("no gate: give --recipe or --primary")
-    return GateConfig(primary=primary, min_delta=min_delta, guarded=guarded,
-                      higher_is_better=not args.lower_is_better)
+        gate = replace(gate, min_delta=args.min_delta)
+    if args.guard:
+        gate = replace(gate, guarded={**gate.guarded, **dict(args.guard)})
+    if args.lower_is_better and not gate.lower(gate.primary):
+        gate = replace(gate, lower_is_better=(*gate.lower_is_better, gate.primary))
+    return gate, loosenings(gate, baseline)
 
 
 def promote_command(args: argparse.Namespace) -> int:
-    """Gate, print the table, move the alias (unless --dry-run or refused)."""
+    """Gate, print the table, move the alias (unless --dry-run, refused or loosened)."""
     from registry.promotion import comparison_table, promote
 
     name = args.model.removeprefix("models:/")
@@ -70,21 +95,30 @@ def promote_command(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
-        gate = gate_from_args(args)
+        gate, loosened = gate_from_args(args)
+    except ValueError as exc:
+        print(f"vlmforge promote: error: {exc}", file=sys.stderr)
+        return 2
+    if loosened and not args.force:
+        print(f"vlmforge promote: error: these overrides loosen the recipe's gate "
+              f"({'; '.join(loosened)}): that needs --force --reason \"...\" (recorded on the "
+              "version)", file=sys.stderr)
+        return 2
+    try:
         d = promote(name, args.version, None, gate, alias=args.alias, dry_run=args.dry_run,
-                    force=args.force, reason=args.reason)
+                    force=args.force, reason=args.reason, loosened=loosened)
     except (ValueError, LookupError) as exc:
         print(f"vlmforge promote: error: {exc}", file=sys.stderr)
         return 2
-    guards = ", ".join(f"{m} -{t:g}" for m, t in sorted(gate.guarded.items())) or "none"
     print(f"{name}: v{args.version} against '{args.alias}' "
-          f"({'v' + d.previous if d.previous else 'none'}); gate: {gate.primary} "
-          f"+{gate.min_delta:g}, guarded: {guards}")
+          f"({'v' + d.previous if d.previous else 'none'}); gate: {gate.describe()}")
+    if loosened:
+        print(f"gate loosened, forced: {'; '.join(loosened)}")
     if d.rows:
-        print(comparison_table(d, args.version))
+        print(comparison_table(d, args.version, gate.confidence))
     if not d.promote:
         print(f"not promoted: {d.reason}")
-        return 1
+        return LOST_RACE if d.lost_race else 1
     if args.dry_run:
         print(f"dry run: would promote v{args.version} to '{args.alias}' ({d.reason}); "
               "nothing changed")
@@ -114,11 +148,14 @@ def add_promote_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     p.add_argument("--reason", help="why; recorded on the version (required with --force)")
     p.add_argument("--recipe", default=DEFAULT_RECIPE,
                    help="recipe whose evaluate section is the gate (default: %(default)s)")
-    p.add_argument("--primary", help="primary metric (overrides the recipe's)")
-    p.add_argument("--min-delta", type=float, help="least improvement of the primary metric")
+    p.add_argument("--primary", help="primary metric (another than the recipe's needs --force)")
+    p.add_argument("--min-delta", type=finite_float,
+                   help="least gain of the primary metric (lower than the recipe's needs --force)")
     p.add_argument("--guard", action="append", type=parse_guard, metavar="METRIC=TOL",
-                   help="guarded metric and how much it may drop; repeatable")
+                   help="guarded metric and how much it may drop; repeatable (a tolerance wider "
+                        "than the recipe's needs --force)")
     p.add_argument("--lower-is-better", action="store_true",
-                   help="the metrics are losses/error rates")
+                   help="the primary metric is a loss or an error rate (needs --force unless the "
+                        "recipe says so)")
     p.set_defaults(func=cmd_promote)
     return p

@@ -26,7 +26,8 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     if args.kind == "caption":
         return s.score_caption(f.load_caption_results(args.results),
                                f.load_caption_annotations(args.annotations), args.metrics)
-    return s.score_mcq(f.load_mcq_results(args.results), f.load_mcq_items(args.items))
+    return s.score_files("mcq", args.results, items=args.items, items_format=args.format,
+                         images=args.images, split=args.split, circular=args.circular)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -68,7 +69,14 @@ def add_score_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     mcq = kinds.add_parser("mcq", help="multiple-choice accuracy")
     mcq.add_argument("--results", required=True,
                      help='JSON or JSONL [{"id", "answer"}]; answers are letters or free text')
-    mcq.add_argument("--items", required=True, help="items JSONL: question, options, answer, image")
+    mcq.add_argument("--items", required=True, help="items JSONL: question, options, answer, image "
+                     "(or an MMBench TSV / ScienceQA problems.json with --format)")
+    mcq.add_argument("--format", choices=["jsonl", "mmbench", "scienceqa"], default="jsonl",
+                     help="layout of --items (default: %(default)s)")
+    mcq.add_argument("--images", help="scienceqa: the folder holding <split>/<id>/image.png")
+    mcq.add_argument("--split", default="test", help="scienceqa: the split scored (default: test)")
+    mcq.add_argument("--circular", action="store_true",
+                     help="mmbench: CircularEval (results hold every rotation, id + k * 1000000)")
 
     for sub in (vqa, caption, mcq):
         sub.add_argument("--summary", action="store_true", help="leave out the per-item scores")

@@ -3,7 +3,9 @@
 The evaluate stage scores each training stage's registered version with the default suite
 (cached per version), so the gain of each stage shows, and reports what the two late stages
 promise: alignment lowers hallucination without costing VQA accuracy, and SFT with text-only
-data mixed in keeps the model answering text-only instructions.
+data mixed in keeps the model answering text-only instructions. Each score shows its 95 %
+bootstrap interval (half-width after ``±`` in the table, ``<stage>.<metric>_ci_low``/``_ci_high``
+on the comparison run), as recorded with the version's scores.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import registry
 from components.data.version import DataVersion
 from components.recipe import Recipe
 from flows.lineage import markdown_table, publish_markdown
-from flows.stages.evaluate import evaluate_version
+from flows.stages.evaluate import Intervals, evaluate_version
+from registry.promotion import read_intervals
 
 COLUMNS = {"vqa_colour_accuracy": "colour", "vqa_count_accuracy": "count",
            "vqa_position_accuracy": "position", "vqa_existence_accuracy": "exists",
@@ -31,15 +34,26 @@ class StageComparison:
     metrics: dict[str, dict[str, float]]  # stage -> default-suite metrics
     checks: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    intervals: dict[str, Intervals] = field(default_factory=dict)  # stage -> metric -> (lo, hi)
+
+    def cell(self, stage: str, metric: str) -> str:
+        """``0.68±0.02``: the score and the half-width of its interval (the wider side)."""
+        m, ci = self.metrics[stage], self.intervals.get(stage, {}).get(metric)
+        if metric not in m:
+            return "-"
+        if ci is None:
+            return f"{m[metric]:.2f}"
+        return f"{m[metric]:.2f}±{max(m[metric] - ci[0], ci[1] - m[metric], 0.0):.2f}"
 
     def table(self) -> list[list[str]]:
-        return [[stage, f"v{self.versions[stage]}",
-                 *(f"{m[k]:.2f}" if k in m else "-" for k in COLUMNS)]
-                for stage, m in self.metrics.items()]
+        return [[stage, f"v{self.versions[stage]}", *(self.cell(stage, k) for k in COLUMNS)]
+                for stage in self.metrics]
 
     def render(self) -> str:
         """Plain-text table for the terminal summary."""
-        widths = [max(len(c), 4) + 3 for c in COLUMNS.values()]
+        rows = self.table()
+        widths = [max(len(c), *(len(r[2 + i]) for r in rows), 4) + 2
+                  for i, c in enumerate(COLUMNS.values())]
         head = f"{'stage':<20}{'version':<9}" + "".join(
             f"{c:>{w}}" for c, w in zip(COLUMNS.values(), widths, strict=True))
         lines = [head] + [f"{r[0]:<20}{r[1]:<9}" + "".join(
@@ -83,12 +97,18 @@ def compare_stages(recipe: Recipe, versions: dict[str, str], data: DataVersion,
     metrics = {stage: scored[version] if version in scored else
                evaluate_version(recipe, version, data, parent_run_id, force).metrics
                for stage, version in versions.items()}
-    comparison = StageComparison(versions, metrics, alignment_checks(recipe, metrics))
+    intervals = {stage: read_intervals(recipe.registered_model, version)
+                 for stage, version in versions.items()}
+    comparison = StageComparison(versions, metrics, alignment_checks(recipe, metrics),
+                                 intervals=intervals)
     with registry.start_run("compare-stages", parent_run_id=parent_run_id,
                             tags={"stage": "evaluate"}) as run_id:
         registry.log_params({f"version.{s}": v for s, v in versions.items()})
         registry.log_metrics({f"{s}.{k}": v for s, m in metrics.items() for k, v in m.items()
                               if k in COLUMNS})
+        registry.log_metrics({f"{s}.{k}_ci_{side}": ci[i] for s, cis in intervals.items()
+                              for k, ci in cis.items() if k in COLUMNS
+                              for i, side in enumerate(("low", "high"))})
         registry.log_metrics(comparison.checks)
     comparison.run_id = run_id
     checks = markdown_table(["check", "value"], [[k, f"{v:.3f}"] for k, v in comparison.checks.items()])

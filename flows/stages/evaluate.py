@@ -14,7 +14,17 @@ Suites (`vlmforge evaluate --suite NAME`, repeatable):
 Every suite but the default records its metrics on the version prefixed with its name
 (``pope_adversarial_f1``), where a gate may guard them. Per suite: one MLflow run (metrics,
 a predictions table, official results), a Prefect markdown artifact, and a cache key on the
-version so an unchanged suite is not rerun.
+version so an unchanged suite is not rerun. A judged suite's run also holds its frozen judge
+record (``<suite>/judge/``: predictions, judge, every judgment, tokens, cost;
+flows/stages/judge_records.py), which `vlmforge evaluate --rejudge RUN_ID` replays.
+
+Per suite the stage also records each item's key and score (``<suite>/items.json`` on the
+suite's run, named by the version's ``eval_items[.suite]`` tag), so the gate can pair the
+candidate's items with the champion's, and a bootstrap interval of every score it can
+recompute from them (``<metric>_ci_low``/``_ci_high`` on the run, ``eval_intervals[.suite]``
+on the version; how each score is resampled: components/evaluation/intervals.py). Before
+gating, the champion is scored on the candidate's data and settings when it was not yet (its
+recorded scores are replaced): the gate compares like with like.
 """
 
 
@@ -29,8 +39,15 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 import registry
-from components.data.shards import read_samples
+from components.data.shards import read_samples, split_shards
 from components.data.version import DataVersion
+from components.evaluation.intervals import (
+    Interval,
+    ItemTable,
+    benchmark_table,
+    synthetic_table,
+    unique_keys,
+)
 from components.evaluation.runners import run_benchmark
 from components.evaluation.suites import (
     DEFAULT_SUITE,
@@ -42,7 +59,7 @@ from components.evaluation.suites import (
 from components.evaluation.synthetic_suite import evaluate_suite
 from components.model.build import load_vlm
 from components.model.chat import ChatEncoder
-from components.recipe import Recipe, evaluation_cache_key, fingerprint
+from components.recipe import Recipe, evaluation_cache_key, evaluation_view, fingerprint
 from flows.environment import vlmforge_home
 from flows.lineage import (
     log_data_inputs,
@@ -51,8 +68,18 @@ from flows.lineage import (
     publish_markdown,
     run_link,
 )
+from flows.stages.judge_records import log_judge_record
+from registry.promotion import (
+    EVAL_ITEMS,
+    comparison_table,
+    gate_from_recipe,
+    read_intervals,
+    record_items,
+    suite_tag,
+)
 
 ROWS_IN_SUMMARY = 10
+Intervals = dict[str, tuple[float, float]]  # metric -> (low, high)
 
 
 @dataclass
@@ -62,6 +89,8 @@ class BenchmarkOutcome:
     cached: bool
     seconds: float
     metrics: dict[str, float] = field(default_factory=dict)  # prefixed, as on the version
+    intervals: Intervals = field(default_factory=dict)
+    note: str = ""  # e.g. the judge stopped at its budget
 
 
 @dataclass
@@ -75,11 +104,13 @@ class EvalOutcome:
     champion: str | None = None
     reason: str = ""
     benchmarks: dict[str, BenchmarkOutcome] = field(default_factory=dict)
+    intervals: Intervals = field(default_factory=dict)  # of the default suite's metrics
+    gate_table: str = ""  # the gate's comparison (metric, champion, candidate, delta, CI)
 
 
 def _file_digests(spec: SuiteSpec) -> dict[str, str]:
     out = {}
-    for name in ("annotations", "questions", "items"):
+    for name in ("annotations", "questions", "items", "support_annotations", "support_questions"):
         path = getattr(spec, name)
         if path is not None and Path(path).is_file():
             out[name] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -87,11 +118,15 @@ def _file_digests(spec: SuiteSpec) -> dict[str, str]:
 
 
 def summary_markdown(title: str, run_id: str | None, metrics: Mapping[str, float],
-                     rows: Sequence[dict], note: str = "") -> str:
-    """A benchmark's Prefect report: its metrics and its first predictions."""
+                     rows: Sequence[dict], note: str = "",
+                     intervals: Mapping[str, Interval] | None = None) -> str:
+    """A benchmark's Prefect report: its metrics with their intervals, its first predictions."""
+    intervals = intervals or {}
     parts = [f"# {title}", f"MLflow run {run_link(run_id)}" + (f"; {note}" if note else "")]
-    parts.append(markdown_table(["metric", "value"],
-                                [[k, f"{v:.4f}"] for k, v in sorted(metrics.items())]))
+    parts.append(markdown_table(
+        ["metric", "value", "95% interval"],
+        [[k, f"{v:.4f}", f"[{intervals[k].low:.4f}, {intervals[k].high:.4f}]"
+          if k in intervals else "-"] for k, v in sorted(metrics.items())]))
     if rows:
         shown = rows[:ROWS_IN_SUMMARY]
         parts.append(f"## First {len(shown)} of {len(rows)} predictions")
@@ -111,6 +146,35 @@ def _log_rows(rows: list[dict], suite: str) -> None:
     registry.log_table(table, f"{suite}/predictions.json")
 
 
+def _record_items(recipe: Recipe, name: str, version: str, table: ItemTable,
+                  run_id: str) -> dict[str, Interval]:
+    """Log the suite's per-item scores and the intervals of its scores: ``<metric>_ci_low`` /
+    ``_ci_high`` on the run (metrics of the default suite's run; tags of a named suite's run,
+    whose metrics are exactly its scores) and ``eval_intervals[.suite]`` on the version."""
+    ev = recipe.evaluate
+    intervals = table.intervals(confidence=ev.confidence, resamples=ev.resamples,
+                                seed=ev.interval_seed)
+    bounds = {f"{m}_ci_{side}": getattr(i, side) for m, i in intervals.items()
+              for side in ("low", "high")}
+    if table.suite == DEFAULT_SUITE:
+        registry.log_metrics(bounds)
+    else:
+        registry.set_tags({k: f"{v:.6g}" for k, v in bounds.items()})
+    record_items(name, version, table, run_id=run_id, intervals=intervals)
+    return intervals
+
+
+def _fallback_table(suite: str, rows: Sequence[dict], data: DataVersion | None) -> ItemTable:
+    """Keys and scores only, for rows no formula reads (their scores get no interval)."""
+    return ItemTable(suite, unique_keys([str(r.get("key", i)) for i, r in enumerate(rows)]),
+                     [r.get("score") if isinstance(r.get("score"), int | float) else None
+                      for r in rows], {}, {}, data.version if data is not None else None)
+
+
+def _as_pairs(intervals: Mapping[str, Interval]) -> Intervals:
+    return {m: (i.low, i.high) for m, i in intervals.items()}
+
+
 def recipe_suites(recipe: Recipe) -> dict[str, SuiteSpec]:
     """Suites declared in the recipe's ``evaluate.suites``; relative paths are relative to the
     working directory."""
@@ -125,9 +189,11 @@ def evaluate_version(recipe: Recipe, version: str, data: DataVersion, parent_run
     name = model_name or recipe.registered_model
     key = evaluation_cache_key(recipe, data.version)
     info = registry.version_info(name, version)
-    if not force and info["tags"].get("eval_key") == key:
-        return EvalOutcome(version, info["tags"].get("eval_run_id"), True, 0.0,
-                           _default_metrics(registry.read_metrics(name, version), info["tags"]))
+    tags = info["tags"]
+    if not force and tags.get("eval_key") == key and tags.get(EVAL_ITEMS):
+        return EvalOutcome(version, tags.get("eval_run_id"), True, 0.0,
+                           _default_metrics(registry.read_metrics(name, version), tags),
+                           intervals=read_intervals(name, version, DEFAULT_SUITE, tags))
     start = time.perf_counter()
     # the processor of its last training stage
     model, processor = load_vlm(registry.hf_model_dir(name, version))
@@ -144,13 +210,18 @@ def evaluate_version(recipe: Recipe, version: str, data: DataVersion, parent_run
         registry.log_metrics(suite.metrics)
         log_predictions(suite.rows, [s.images[0] if s.images else None for s in samples],
                         "test", recipe.evaluate.samples_to_log)
-    registry.record_metrics(name, version, suite.metrics)
+        registry.record_metrics(name, version, suite.metrics)
+        table = synthetic_table(DEFAULT_SUITE, [s.record for s in samples], suite.rows,
+                                suite.metrics, data_version=data.version)
+        intervals = _record_items(recipe, name, version, table, run_id)
     registry.set_version_tags(name, version, {"eval_key": key, "eval_run_id": run_id})
     publish_markdown(f"evaluate-{name}-{DEFAULT_SUITE}",
                      summary_markdown(f"{name} v{version}: {DEFAULT_SUITE} suite "
-                                      f"(data {data.version})", run_id, suite.metrics, suite.rows),
+                                      f"(data {data.version})", run_id, suite.metrics, suite.rows,
+                                      intervals=intervals),
                      f"{DEFAULT_SUITE} suite of {name} v{version}")
-    return EvalOutcome(version, run_id, False, time.perf_counter() - start, suite.metrics)
+    return EvalOutcome(version, run_id, False, time.perf_counter() - start, suite.metrics,
+                       intervals=_as_pairs(intervals))
 
 
 def _default_metrics(recorded: Mapping[str, float], tags: Mapping[str, str]) -> dict[str, float]:
@@ -167,13 +238,15 @@ def evaluate_benchmark(recipe: Recipe, suite: str, spec: SuiteSpec, model_name: 
                        force: bool) -> BenchmarkOutcome:
     """One non-default suite: run, log to MLflow, record prefixed metrics, publish a report."""
     prefix = metric_prefix(suite)
-    key = fingerprint(suite, spec, _file_digests(spec), recipe.evaluate,
+    key = fingerprint(suite, spec, _file_digests(spec), evaluation_view(recipe.evaluate),
                       data.version if data is not None else None)
     info = registry.version_info(model_name, version)
-    if not force and info["tags"].get(f"eval_key.{suite}") == key:
+    tags = info["tags"]
+    if not force and tags.get(f"eval_key.{suite}") == key and tags.get(suite_tag(EVAL_ITEMS, suite)):
         recorded = registry.read_metrics(model_name, version)
-        return BenchmarkOutcome(suite, info["tags"].get(f"eval_run_id.{suite}"), True, 0.0,
-                                {k: v for k, v in recorded.items() if k.startswith(prefix)})
+        return BenchmarkOutcome(suite, tags.get(f"eval_run_id.{suite}"), True, 0.0,
+                                {k: v for k, v in recorded.items() if k.startswith(prefix)},
+                                read_intervals(model_name, version, suite, tags))
     start = time.perf_counter()
     model, processor = load_vlm(registry.hf_model_dir(model_name, version))
     encoder = ChatEncoder(processor, recipe.model.max_length)
@@ -195,16 +268,44 @@ def evaluate_benchmark(recipe: Recipe, suite: str, spec: SuiteSpec, model_name: 
             _log_rows(result.rows, suite)
         if result.results is not None:
             registry.log_dict(result.results, f"{suite}/results.json")
-    registry.record_metrics(model_name, version, metrics)
+        judge_stop = (log_judge_record(result.judge_record, suite)
+                      if result.judge_record is not None else None)
+        registry.record_metrics(model_name, version, metrics)
+        table = benchmark_item_table(suite, spec, result.rows, metrics, data)
+        intervals = _record_items(recipe, model_name, version, table, run_id)
     registry.set_version_tags(model_name, version, {f"eval_key.{suite}": key,
                                                     f"eval_run_id.{suite}": run_id})
     note = ("official results in the run's `" + f"{suite}/results.json`; "
             "`vlmforge score` gives the same numbers") if result.results is not None else ""
+    if judge_stop:
+        get_run_logger().warning("v%s %s: %s", version, suite, judge_stop)
+        note = "; ".join(filter(None, (note, judge_stop)))
     publish_markdown(f"evaluate-{model_name}-{suite}",
                      summary_markdown(f"{model_name} v{version}: {suite} ({spec.kind})", run_id,
-                                      metrics, result.rows, note),
+                                      metrics, result.rows, note, intervals),
                      f"{suite} suite of {model_name} v{version}")
-    return BenchmarkOutcome(suite, run_id, False, time.perf_counter() - start, metrics)
+    return BenchmarkOutcome(suite, run_id, False, time.perf_counter() - start, metrics,
+                            _as_pairs(intervals), judge_stop or "")
+
+
+def benchmark_item_table(suite: str, spec: SuiteSpec, rows: Sequence[dict],
+                         metrics: Mapping[str, float], data: DataVersion | None) -> ItemTable:
+    """The suite's per-item table: a synthetic suite's rows joined with its records (read
+    again from the data split), other kinds from their rows; rows of an unexpected shape give
+    keys and scores only."""
+    prefix, version = metric_prefix(suite), data.version if data is not None else None
+    try:
+        if spec.kind == "synthetic" and data is not None:
+            samples = list(read_samples(split_shards(data.shards, spec.split)))
+            if [str(r.get("key")) for r in rows] == [s.key for s in samples]:
+                return synthetic_table(suite, [s.record for s in samples], rows, metrics,
+                                       prefix=prefix, data_version=version)
+        elif spec.kind != "synthetic":
+            return benchmark_table(suite, spec.kind, rows, metrics, prefix=prefix,
+                                   data_version=version)
+    except (KeyError, TypeError, ValueError, IndexError):
+        pass
+    return _fallback_table(suite, rows, data)
 
 
 @flow(name="evaluate")
@@ -227,6 +328,13 @@ def evaluate_flow(recipe: Recipe, version: str, data: DataVersion | None,
         outcome = evaluate_version(recipe, version, data, parent_run_id, force, model_name=name)
     benchmarks = {s: evaluate_benchmark(recipe, s, spec, name, version, data, parent_run_id, force)
                   for s, spec in specs.items() if s != DEFAULT_SUITE}
+    champion = registry.get_alias(name, "champion")
+    if outcome is not None and champion not in (None, version):
+        # the gate compares like with like: the champion on this data, these suites, settings
+        evaluate_version(recipe, champion, data, parent_run_id, False, model_name=name)
+        for s, spec in specs.items():
+            if s != DEFAULT_SUITE:
+                evaluate_benchmark(recipe, s, spec, name, champion, data, parent_run_id, False)
     for b in benchmarks.values():
         logger.info("v%s %s: %s%s", version, b.suite,
                     ", ".join(f"{k}={v:.4g}" for k, v in sorted(b.metrics.items())),
@@ -237,11 +345,13 @@ def evaluate_flow(recipe: Recipe, version: str, data: DataVersion | None,
                               sum(b.seconds for b in benchmarks.values()), merged)
         outcome.reason = f"promotion gate not run: it compares the {DEFAULT_SUITE!r} suite"
     else:
-        gate = registry.GateConfig(primary=recipe.evaluate.primary_metric,
-                                   min_delta=recipe.evaluate.min_delta,
-                                   guarded=recipe.evaluate.guarded)
+        gate = gate_from_recipe(recipe.evaluate)
         decision = registry.promote(name, version, None, gate)
         outcome.promoted, outcome.reason = decision.promote, decision.reason
+        if decision.rows:
+            outcome.gate_table = comparison_table(decision, version, gate.confidence)
+            logger.info("v%s against champion v%s; gate: %s\n%s", version, decision.previous,
+                        gate.describe(), outcome.gate_table)
     outcome.champion = registry.get_alias(name, "champion")
     outcome.benchmarks = benchmarks
     logger.info("v%s: %s (champion: v%s)", version, outcome.reason, outcome.champion)

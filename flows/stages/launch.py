@@ -152,7 +152,7 @@ def follower_stage(recipe, stage, data, backbones, force: bool, wait_s: float) -
     import registry
     from components.recipe import stage_cache_key
     from components.training.stage import run_stage
-    from flows.stages.training import parent_of, start_model
+    from flows.stages.training import parent_of, reference_file, start_model
 
     parent = _retry(lambda: parent_of(recipe, stage, data, backbones), wait_s)
     key = stage_cache_key(recipe, stage, parent, data.version)  # the key rank 0 tags
@@ -161,7 +161,8 @@ def follower_stage(recipe, stage, data, backbones, force: bool, wait_s: float) -
         return  # rank 0 reuses the cached version too
     model, processor, _ = start_model(recipe, stage, parent, data, backbones)
     run_stage(model, processor, stage, data.shards, seed=recipe.seed,
-              max_length=recipe.model.max_length)
+              max_length=recipe.model.max_length,
+              reference_file=reference_file(recipe, stage, parent, data))
     # the next stage starts from the version rank 0 registers now: wait for it
     _retry(lambda: _newer(recipe.registered_model, key, before), wait_s)
 

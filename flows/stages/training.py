@@ -24,7 +24,8 @@ from components.evaluation.synthetic_suite import evaluate_suite
 from components.model.build import build_stage_model, save_vlm
 from components.model.chat import ChatEncoder
 from components.model.freeze import merge_lora
-from components.recipe import STAGE_KINDS, Recipe, StageBase, stage_cache_key
+from components.recipe import STAGE_KINDS, Recipe, StageBase, fingerprint, stage_cache_key
+from components.training.checkpoints import CheckpointLock
 from components.training.stage import run_stage
 from flows.environment import vlmforge_home
 from flows.lineage import (
@@ -121,13 +122,24 @@ def start_model(recipe: Recipe, stage: StageBase, parent: str, data: DataVersion
     return build_stage_model(
         recipe.model, seed=recipe.seed, registered=registered, longest_edge=stage.longest_edge,
         parent_dir=None if first else registry.hf_model_dir(recipe.registered_model, parent),
-        unfreeze=stage.unfreeze, lora_rank=stage.lora_rank, feature_images=images)
+        unfreeze=stage.unfreeze, lora_rank=stage.lora_rank, feature_images=images, dtype=stage.dtype)
 
 
 def checkpoint_dir(recipe: Recipe, stage: StageBase, key: str) -> Path:
     """Where a stage's resumable checkpoints live (`train.checkpoint_every` > 0): keyed by the
-    stage's cache key, so re-running the same stage after a crash resumes it."""
+    stage's cache key, so re-running the same stage after a crash resumes it. The run that
+    trains the stage holds `<dir>.lock` (`CheckpointLock`) from before `--force` clears the
+    directory until the registered version has replaced it."""
     return vlmforge_home() / "checkpoints" / recipe.name / f"{stage.name}-{key}"
+
+
+def reference_file(recipe: Recipe, stage: StageBase, parent: str, data: DataVersion) -> Path:
+    """Where an align stage with `reference: cached` keeps its reference log-probs: beside its
+    checkpoints, named after the reference model (the parent version, in the stage's dtype)
+    and the data version, so a rerun with another beta or loss reuses them; kept after the
+    stage registers."""
+    key = fingerprint(parent, data.version, stage.dtype)
+    return vlmforge_home() / "checkpoints" / recipe.name / f"{stage.name}-reference-{key}.json"
 
 
 @task(name="train-stage")
@@ -145,6 +157,23 @@ def train_stage(recipe: Recipe, stage: StageBase, data: DataVersion, backbones: 
     if not force and (hit := _cached(recipe, stage, key, parent)):
         logger.info("%s: unchanged, reusing version %s", stage.name, hit.version)
         return hit
+    # one run of a stage at a time: a second one fails fast (CheckpointInUse names the holder)
+    # instead of deleting or overwriting the first one's checkpoints
+    with CheckpointLock(checkpoint_dir(recipe, stage, key)):
+        if not force and (hit := _cached(recipe, stage, key, parent)):  # registered meanwhile
+            logger.info("%s: registered by the run before, reusing version %s", stage.name,
+                        hit.version)
+            return hit
+        return _train_and_register(recipe, stage, data, backbones, parent_run_id, force,
+                                   parent, key)
+
+
+def _train_and_register(recipe: Recipe, stage: StageBase, data: DataVersion,
+                        backbones: list[BackboneOutcome], parent_run_id: str | None, force: bool,
+                        parent: str, key: str) -> StageOutcome:
+    """Train the stage, register its version, drop its checkpoints (the caller holds the
+    stage's checkpoint lock)."""
+    logger = get_run_logger()
     if force:  # retrain from scratch, not from an earlier run's checkpoints
         shutil.rmtree(checkpoint_dir(recipe, stage, key), ignore_errors=True)
     start = time.perf_counter()
@@ -159,7 +188,8 @@ def train_stage(recipe: Recipe, stage: StageBase, data: DataVersion, backbones: 
         run = run_stage(model, processor, stage, data.shards, seed=recipe.seed,
                         max_length=recipe.model.max_length,
                         on_log=StepLogger(stage.train.steps, f"{recipe.name}-{stage.name}"),
-                        checkpoint_dir=checkpoint_dir(recipe, stage, key))
+                        checkpoint_dir=checkpoint_dir(recipe, stage, key),
+                        reference_file=reference_file(recipe, stage, parent, data))
         if run.result.resumed_from:
             registry.log_params({"resumed_from_step": run.result.resumed_from})
         seconds = time.perf_counter() - start
@@ -173,6 +203,7 @@ def train_stage(recipe: Recipe, stage: StageBase, data: DataVersion, backbones: 
                    "dropped_too_long": float(run.dropped), "train_seconds": seconds,
                    **{f"drawn_{s}": float(n) for s, n in run.source_counts.items()},
                    **{k: float(n) for k, n in run.corrections.items()},
+                   **(run.preflight.metrics() if run.preflight else {}),
                    **{f"heldout_{k}": v for k, v in suite.metrics.items()}}
         registry.log_metrics(metrics)
         log_predictions(suite.rows, [s.images[0] if s.images else None for s in samples],

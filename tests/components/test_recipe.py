@@ -151,3 +151,35 @@ def test_align_accepts_any_preference_data_and_model_rejections_where_they_apply
     raw["stages"][-1] = {**align, "sources": ["preference_hallucination"], "rejected_from": "model"}
     with pytest.raises(ValidationError, match="only the synthetic 'preference' source"):
         Recipe.model_validate(raw)
+
+
+def test_memory_controls_key_what_changes_the_result_and_nothing_else():
+    """dtype changes the weights: keyed when set. Gradient checkpointing and the reference's
+    source change only how the same numbers are computed: never keyed."""
+    from components.recipe import parse_stage, stage_cache_key
+
+    recipe = load_recipe(CONFIGS / "micro.yaml")
+    base = recipe.stages_of("align")[0].model_dump(mode="json")
+
+    def key(**change):
+        return stage_cache_key(recipe, parse_stage({**base, **change}), "p", "d")
+
+    assert key() == key(dtype="fp32", gradient_checkpointing=False, reference="copy")
+    assert key() == key(gradient_checkpointing=True, reference="cached")
+    assert key(dtype="bf16") != key()
+    with pytest.raises(ValidationError, match="dtype"):
+        parse_stage({**base, "dtype": "fp16"})
+
+
+def test_the_reference_without_a_second_model_is_refused_where_it_cannot_be_the_parent():
+    from components.recipe import parse_stage
+
+    base = dict(name="a", kind="align", longest_edge=32, sources=["preference"])
+    lora = {"vision": "frozen", "connector": "frozen", "text": "lora"}
+    assert parse_stage(dict(base, unfreeze=lora, reference="adapters")).reference == "adapters"
+    for unfreeze in ({**lora, "connector": "full"}, {**lora, "text": "frozen"}):
+        with pytest.raises(ValidationError, match="reference: adapters needs a LoRA policy"):
+            parse_stage(dict(base, unfreeze=unfreeze, reference="adapters"))
+    for reference in ("cached", "adapters"):
+        with pytest.raises(ValidationError, match="rejected_from: model .* needs reference: copy"):
+            parse_stage(dict(base, unfreeze=lora, reference=reference, rejected_from="model"))

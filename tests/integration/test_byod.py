@@ -120,3 +120,25 @@ def test_official_suites_run_with_the_pipeline_and_gate_it(byod):
     assert 0 <= recorded["vqa_val_accuracy"] <= 100  # the official VQA accuracy, in percent
     assert set(first.evaluation.benchmarks) == {"vqa_val", "captions_val"}
     assert first.evaluation.champion == first.evaluation.version  # the first version is promoted
+
+
+def test_lineage_both_ways(byod, capsys):
+    from flows.cli import main
+    from registry.lineage import data_lineage, version_lineage
+
+    recipe, first, _ = byod
+    final = first.evaluation.version
+    lineage = version_lineage(recipe.registered_model, final)
+    assert lineage["datasets"] == first.data.datasets and lineage["data_version"] == first.data.version
+    assert [p["stage"] for p in lineage["parents"]] == [s.name for s in recipe.stages][:-1][::-1]
+    assert set(lineage["backbones"]) == {"vision-byod-micro", "lm-byod-micro"}
+    assert {"synthetic", "vqa_val", "captions_val"} <= set(lineage["scores"])
+    assert "vqa_val_accuracy" in lineage["scores"]["vqa_val"]["metrics"]
+    digest = first.data.datasets["shapes_vqa"]
+    trained = {v["model"] for v in data_lineage(digest)}
+    assert {f"models:/{recipe.registered_model}/{s.version}" for s in first.stages} <= trained
+    assert main(["lineage", f"models:/{recipe.registered_model}/{final}"]) == 0
+    out = capsys.readouterr().out
+    assert f"dataset shapes_vqa: {digest}" in out and "scores of suite vqa_val" in out
+    assert main(["lineage", "--data", digest[:10]]) == 0
+    assert f"trained on data {digest[:10]}" in capsys.readouterr().out

@@ -191,6 +191,11 @@ def test_every_suite_records_prefixed_metrics_on_its_run_and_the_version(setup, 
     assert "fewshot2_vqa_accuracy" in first.benchmarks["fewshot2"].metrics
     assert {"vqa_small_accuracy", "vqa_small_accuracy_other", "vqa_small_accuracy_yes_no",
             "vqa_small_judge_score"} <= set(first.benchmarks["vqa_small"].metrics)
+    judged = first.benchmarks["vqa_small"].run_id  # its frozen judge record
+    assert {a.path for a in client().list_artifacts(judged, "vqa_small/judge")} == {
+        "vqa_small/judge/judge.json", "vqa_small/judge/predictions.jsonl",
+        "vqa_small/judge/judgments.jsonl"}
+    assert registry.get_run(judged)["tags"]["judge_record"] == "vqa_small/judge"
     assert {"caps_CIDEr", "caps_Bleu_4", "caps_ROUGE_L"} <= set(first.benchmarks["caps"].metrics)
     assert "promotion gate not run" in first.reason and not first.promoted
     assert registry.get_alias(name, "champion") is None

@@ -96,6 +96,7 @@ def test_pyfunc_predict_with_tiny_vlm(
 ) -> None:
     import mlflow.pyfunc
     import torch
+    from mlflow.exceptions import MlflowException
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     with registry.start_run("train") as run_id:
@@ -109,11 +110,13 @@ def test_pyfunc_predict_with_tiny_vlm(
     model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
     out = model.predict(
         pd.DataFrame(
-            {"image": [b64, str(tmp_path / "img.png")], "question": ["what is this ?"] * 2}
+            {"image": [b64, "data:image/png;base64," + b64], "question": ["what is this ?"] * 2}
         )
     )
     assert list(out.columns) == ["answer"] and len(out) == 2
-    assert out["answer"][0] == out["answer"][1]  # same pixels via base64 and via path
+    assert out["answer"][0] == out["answer"][1]  # same pixels via base64 and a data URL
+    with pytest.raises(MlflowException, match="looks like a file path"):  # never read, even here
+        model.predict(pd.DataFrame({"image": [str(tmp_path / "img.png")], "question": ["hi"]}))
 
     # reference: the same greedy decode done by hand, new tokens only
     hf_dir = registry.hf_model_dir(model_name, version)
@@ -140,3 +143,26 @@ def test_pyfunc_predict_with_tiny_vlm(
         )["answer"][0]
         == short["answer"][0]
     )
+
+
+def test_registered_versions_are_code_not_pickles(home: Path, model_name: str,
+                                                  plain_model_dir: Path) -> None:
+    """Every version (backbones too) is logged from code: nothing to unpickle on load."""
+    from mlflow.models import Model
+
+    from registry.models import CODE_DIGEST_TAG, code_digest
+
+    with registry.start_run("train") as run_id:
+        version = registry.register_hf_model(plain_model_dir, model_name, run_id=run_id, tags={})
+    local = next(p for p in registry.hf_model_dir(model_name, version).parents
+                 if (p / "MLmodel").is_file())
+    flavor = Model.load(str(local / "MLmodel")).flavors["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert Path(flavor["model_code_path"]).name == "served_model.py"
+    assert not list(local.rglob("*.pkl"))
+    assert (local / "code" / "registry" / "pyfunc_model.py").is_file()
+    import mlflow
+
+    model_id = registry.version_info(model_name, version)["model_id"]
+    assert mlflow.MlflowClient().get_logged_model(model_id).tags[CODE_DIGEST_TAG] == code_digest(
+        local)

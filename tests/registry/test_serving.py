@@ -1,5 +1,6 @@
-"""Serving: a registered tiny VLM behind the real `mlflow models serve` answers good rows,
-rejects bad ones with 400 + a message naming row and rule, and keeps serving."""
+"""Serving: a registered tiny VLM behind `vlmforge serve` (MLflow's scoring server behind the
+request guard) answers good rows, rejects bad ones with 400 + a message naming row and rule,
+and keeps serving. The attacker's view is in tests/security/."""
 
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ def test_registered_vlm_has_signature_and_input_example(home: Path, model_name: 
 def test_predict_validates_rows(vlm_dir: Path) -> None:
     from mlflow.exceptions import MlflowException
 
-    from registry.pyfunc_model import HF_ARTIFACT, MAX_NEW_TOKENS_LIMIT, VLMPyfunc
+    from registry.pyfunc_model import HF_ARTIFACT, VLMPyfunc
+    from registry.serving_limits import LIMITS
 
     model = VLMPyfunc()
     model.load_context(SimpleNamespace(artifacts={HF_ARTIFACT: str(vlm_dir)}))
@@ -95,11 +97,13 @@ def test_predict_validates_rows(vlm_dir: Path) -> None:
     assert list(out.columns) == ["answer"] and all(isinstance(a, str) for a in out["answer"])
     assert out["answer"][1] == out["answer"][2] and out["answer"][0] == out["answer"][3]
 
-    msg = error([ok, {**ok, "question": "Colour? " * 5000}])
+    # within the character cap, but a prompt longer than the model's context
+    msg = error([ok, {**ok, "question": "Colour? " * 400}])
     assert "row 1: prompt is" in msg and "over the limit" in msg and "row 0" not in msg
-    assert f"[1, {MAX_NEW_TOKENS_LIMIT}]" in error([{**ok, "max_new_tokens": 0}])
+    assert f"[1, {LIMITS.max_new_tokens}]" in error([{**ok, "max_new_tokens": 0}])
     assert "row 0: 'max_new_tokens' must be an integer" in error([{**ok, "max_new_tokens": 2.5}])
-    assert "param 'max_new_tokens'" in error([ok], {"max_new_tokens": MAX_NEW_TOKENS_LIMIT + 1})
+    assert "param 'max_new_tokens'" in error([ok], {"max_new_tokens": LIMITS.max_new_tokens + 1})
+    assert "row 0: 'image' looks like a file path" in error([{**ok, "image": str(vlm_dir)}])
     assert "row 0: 'history' is not valid JSON" in error([{**ok, "history": "[["}])
     assert "row 0: 'history' turn 0" in error([{**ok, "history": [["only a question"]]}])
     msg = error([{"question": "?"}, {**ok, "question": "  "}])
@@ -109,7 +113,7 @@ def test_predict_validates_rows(vlm_dir: Path) -> None:
 def test_model_server_answers_and_rejects_bad_requests(home: Path, model_name: str,
                                                        vlm_dir: Path, tmp_path: Path) -> None:
     from flows.commands.serve import free_port, start_server, stop_server, wait_until_ready
-    from registry.pyfunc_model import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
+    from registry.serving_limits import LIMITS
 
     with registry.start_run("train") as run_id:
         version = registry.register_hf_model(vlm_dir, model_name, run_id=run_id, tags={})
@@ -134,16 +138,17 @@ def test_model_server_answers_and_rejects_bad_requests(home: Path, model_name: s
         first = body["predictions"][0]["answer"]
         assert isinstance(first, str)
 
-        side = int(MAX_IMAGE_PIXELS**0.5) + 1
+        side = int(LIMITS.max_image_pixels**0.5) + 1
         huge = _png_b64(Image.new("1", (side, side)))  # few bytes, too many pixels
         bad = {
             "not valid base64": {**good, "image": "this is not base64!"},
-            "not a decodable image": {**good,
-                                      "image": base64.b64encode(b"plain text").decode()},
+            "not a PNG, JPEG or WEBP file": {**good,
+                                             "image": base64.b64encode(b"plain text").decode()},
             "missing field 'question'": {"image": image},
-            f"over the limit of {MAX_IMAGE_PIXELS} pixels": {**good, "image": huge},
-            f"over the limit of {MAX_IMAGE_BYTES} bytes": {
-                **good, "image": base64.b64encode(os.urandom(MAX_IMAGE_BYTES + 1)).decode()},
+            f"over the limit of {LIMITS.max_image_pixels} pixels": {**good, "image": huge},
+            f"over the limit of {LIMITS.max_image_bytes} bytes": {
+                **good,
+                "image": base64.b64encode(os.urandom(LIMITS.max_image_bytes + 1)).decode()},
             "outside the range": {**good, "max_new_tokens": 100_000},
         }
         for problem, row in bad.items():
@@ -221,13 +226,20 @@ def test_every_architecture_answers_behind_the_server(home: Path, tokenizer, tmp
             stop_server(proc)
 
 
-def test_serve_parser_defaults_to_localhost() -> None:
-    from flows.commands.serve import add_serve_parser, serve_command
+def test_serve_parser_defaults_to_localhost(home: Path) -> None:
+    from flows.commands.serve import add_serve_parser, serve_command, server_env
+    from registry.serving_limits import LIMITS
 
     parser = argparse.ArgumentParser()
     add_serve_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["serve", "--model", "models:/vlm-tiny@champion"])
-    assert (args.model, args.port, args.host) == ("models:/vlm-tiny@champion", 5001, "127.0.0.1")
-    cmd = serve_command(args.model, args.port, args.host)
-    assert cmd[1:] == ["models", "serve", "-m", "models:/vlm-tiny@champion",
-                       "--env-manager", "local", "-h", "127.0.0.1", "-p", "5001"]
+    assert (args.model, args.port, args.host, args.timeout) == (
+        "models:/vlm-tiny@champion", 5001, "127.0.0.1", LIMITS.request_timeout_s)
+    cmd = serve_command(args.port, args.host)
+    assert cmd[1:5] == ["-m", "uvicorn", "--factory", "registry.serving_app:build_app"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5001"
+    assert cmd[cmd.index("--limit-concurrency") + 1] == str(LIMITS.max_concurrent_requests)
+    env = server_env(args.model, args.timeout)
+    assert env["VLMFORGE_SERVE_MODEL_URI"] == "models:/vlm-tiny@champion"
+    assert env["MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT"] == str(LIMITS.request_timeout_s)
+    assert env["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] == "false"

@@ -1,12 +1,15 @@
-"""Per-record checks of the data contract; the first rule a sample breaks quarantines it."""
+"""Per-record checks of the data contract; the first rule a sample breaks quarantines it.
+
+The bounds and caps they apply are :class:`~components.data.ingest.limits.Limits` (one place).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import Any
 
 from components.data.ingest.fields import find_surrogate
+from components.data.ingest.limits import Limits  # re-exported: callers import it from here
 from components.data.manifest import manifest_row
 from components.data.quarantine import Reject
 from components.data.sample import Sample, message_text
@@ -14,15 +17,6 @@ from components.data.validation import IMAGE_TASKS, TEXT_ONLY_TASKS
 
 ROLES = ("system", "user", "assistant")
 PART_TYPES = ("text", "image")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds shared by the per-record checks and the Great Expectations suite."""
-
-    min_side: int = 8
-    max_side: int = 4096
-    max_text_chars: int = 20000
 
 
 def check_messages(messages: Any) -> None:

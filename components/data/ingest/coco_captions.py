@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.data.ingest.fields import field, text
 from components.data.ingest.images import ImageRef
@@ -12,12 +12,16 @@ from components.data.ingest.records import Candidate, Item, file_failure, load_j
 from components.data.quarantine import Reject
 from components.data.sample import assistant_turn, user_turn
 
+if TYPE_CHECKING:
+    from components.data.ingest.limits import Limits
+
 FORMAT = "coco-captions"
 TASKS = ("caption",)
+SUFFIXES = (".json",)
 PROMPT = "Describe the image."
 
 
-def read(source: Path, images: Path | None) -> Iterator[Item]:
+def read(source: Path, images: Path | None, limits: Limits) -> Iterator[Item]:
     try:
         data = load_json(source)
         anns = field(data, "annotations", list)

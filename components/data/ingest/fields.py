@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -10,6 +11,9 @@ from components.data.quarantine import Reject
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_-]+")
+# A shard member is named KEY.000.png; a USTAR name holds 100 bytes (more only split at a "/").
+MAX_KEY_BYTES = 80
+_KEY_HASH_CHARS = 16
 
 
 def field(row: Any, name: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
@@ -73,5 +77,18 @@ def find_surrogate(value: Any, path: str = "record") -> str | None:
 
 
 def sample_key(fmt: str, ident: Any) -> str:
-    """A webdataset-safe key: ``{fmt}-{ident}`` with anything but ``[A-Za-z0-9_-]`` as ``_``."""
-    return _UNSAFE_KEY.sub("_", f"{fmt}-{ident}")
+    """A webdataset-safe key: ``{fmt}-{ident}`` with anything but ``[A-Za-z0-9_-]`` as ``_``,
+    bounded by :func:`bounded_key`."""
+    return bounded_key(_UNSAFE_KEY.sub("_", f"{fmt}-{ident}"))
+
+
+def bounded_key(key: str) -> str:
+    """``key`` when it fits :data:`MAX_KEY_BYTES` (UTF-8), else its head and a stable hash of
+    the whole key: ``{head}-{sha1[:16]}``, so a long id names its record instead of aborting
+    the shard write, and two long ids sharing a head stay distinct."""
+    data = key.encode("utf-8", "surrogatepass")
+    if len(data) <= MAX_KEY_BYTES:
+        return key
+    digest = hashlib.sha1(data).hexdigest()[:_KEY_HASH_CHARS]
+    head = data[: MAX_KEY_BYTES - _KEY_HASH_CHARS - 1].decode("utf-8", "ignore")
+    return f"{head}-{digest}"

@@ -20,9 +20,9 @@ from urllib.parse import unquote, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
+from components.data.ingest.limits import Limits
 from components.data.quarantine import Reject
 
-MAX_FILE_BYTES = 64 << 20
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _EXTENSION = re.compile(r"^\.[a-z0-9]{1,5}$")
 
@@ -72,14 +72,17 @@ def check_relative(path: str) -> None:
 
 @dataclass(frozen=True)
 class ImageLoader:
-    """Opens :class:`ImageRef` s under ``root`` with side bounds ``[min_side, max_side]``."""
+    """Opens :class:`ImageRef` s under ``root`` with side bounds ``[min_side, max_side]``;
+    an image over ``max_bytes`` is refused (``over_limit``) before it is read."""
 
     root: Path | None
-    min_side: int = 8
-    max_side: int = 4096
+    min_side: int = Limits.min_side
+    max_side: int = Limits.max_side
+    max_bytes: int = Limits.max_member_bytes
 
     def read_bytes(self, ref: ImageRef) -> bytes:
         if ref.data is not None:
+            self._check_size(len(ref.data), ref.describe())
             return ref.data
         if ref.url is not None:
             return self._file(self.resolve_url(ref.url))
@@ -117,9 +120,13 @@ class ImageLoader:
 
     def _file(self, relative: str) -> bytes:
         path = self._confined(relative)
-        if path.stat().st_size > MAX_FILE_BYTES:
-            raise Reject("image_size", f"{relative!r} is over {MAX_FILE_BYTES} bytes")
+        self._check_size(path.stat().st_size, repr(relative))
         return path.read_bytes()
+
+    def _check_size(self, size: int, name: str) -> None:
+        if size > self.max_bytes:
+            raise Reject("over_limit", f"image {name} bytes: {size} over "
+                                       f"max_member_bytes={self.max_bytes}")
 
     def load(self, ref: ImageRef) -> tuple[Image.Image, bytes]:
         """The decoded RGB image and its source bytes."""

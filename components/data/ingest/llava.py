@@ -8,15 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.data.ingest.fields import as_text, field
 from components.data.ingest.images import ImageRef
 from components.data.ingest.records import Candidate, Item, file_failure, load_json, map_rows
 from components.data.quarantine import Reject
 
+if TYPE_CHECKING:
+    from components.data.ingest.limits import Limits
+
 FORMAT = "llava"
 TASKS = ("instruct",)
+SUFFIXES = (".json",)
 IMAGE_TOKEN = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
@@ -33,7 +37,7 @@ def turn(role: str, value: str) -> dict[str, Any]:
     return {"role": role, "content": content}
 
 
-def read(source: Path, images: Path | None) -> Iterator[Item]:
+def read(source: Path, images: Path | None, limits: Limits) -> Iterator[Item]:
     try:
         rows = field({"rows": load_json(source)}, "rows", list)
     except Reject as r:

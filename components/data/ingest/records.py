@@ -6,11 +6,16 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from components.data.ingest.fields import find_surrogate, sample_key
 from components.data.ingest.images import ImageRef
 from components.data.quarantine import Quarantined, Reject
+
+if TYPE_CHECKING:
+    from components.data.ingest.limits import Limits
+
+RAW_HEAD = 4096  # bytes of a whole file, or of an over-long line, kept as raw input
 
 
 @dataclass
@@ -124,23 +129,42 @@ def load_json(path: Path) -> Any:
 def file_failure(path: Path, reject: Reject) -> Quarantined:
     """A whole input file as one quarantined record."""
     try:
-        raw = path.read_bytes()[:4096]
+        with path.open("rb") as fh:
+            raw = fh.read(RAW_HEAD)
     except OSError:
         raw = b""
     return Quarantined(path.name, str(path), reject.rule, reject.detail, raw)
 
 
-def jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """(``file:line``, row) per non-blank line, streamed; bad lines come as :class:`Quarantined`."""
+def jsonl_rows(path: Path, max_line_bytes: int) -> Iterator[tuple[str, Any]]:
+    """(``file:line``, row) per non-blank line, streamed; bad lines come as :class:`Quarantined`.
+
+    A line is read at most ``max_line_bytes`` (+ its newline) at a time: a longer one is
+    quarantined as ``over_limit`` and skipped without being held in memory."""
     seen = False
     with path.open("rb") as fh:
-        for lineno, line in enumerate(fh, 1):
+        lineno = 0
+        while line := fh.readline(max_line_bytes + 1):
+            lineno += 1
+            if len(line) > max_line_bytes and not line.endswith(b"\n"):
+                seen = True
+                yield f"{path}:{lineno}", _long_line(path, lineno, line, fh, max_line_bytes)
+                continue
             if not line.strip():
                 continue
             seen = True
             yield f"{path}:{lineno}", _json_line(path, lineno, line.rstrip(b"\r\n"))
     if not seen:
         yield str(path), file_failure(path, Reject("empty_file", f"{path.name}: no lines"))
+
+
+def _long_line(path: Path, lineno: int, head: bytes, fh: IO[bytes], cap: int) -> Quarantined:
+    """A line over the cap, its rest skipped chunk by chunk; the first bytes kept as raw."""
+    n, chunk = len(head), head
+    while not chunk.endswith(b"\n") and (chunk := fh.readline(1 << 20)):
+        n += len(chunk)
+    return Quarantined(f"{path.name}:{lineno}", f"{path}:{lineno}", "over_limit",
+                       f"line of {n} bytes over max_record_bytes={cap}", head[:RAW_HEAD])
 
 
 def _json_line(path: Path, lineno: int, line: bytes) -> Any:
@@ -178,15 +202,8 @@ def parquet_rows(path: Path) -> Iterator[tuple[str, Any]]:
         yield str(path), file_failure(path, Reject("unreadable_file", f"{type(e).__name__}: {e}"))
 
 
-def table_rows(path: Path) -> Iterator[tuple[str, Any]]:
+def table_rows(path: Path, limits: Limits) -> Iterator[tuple[str, Any]]:
     """Rows of a ``.parquet`` or ``.jsonl`` file."""
     if path.suffix == ".parquet":
         return parquet_rows(path)
-    return jsonl_rows(path)
-
-
-def input_files(source: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """``source`` itself, or its files with one of ``suffixes`` (sorted)."""
-    if source.is_dir():
-        return sorted(p for p in source.iterdir() if p.suffix in suffixes and p.is_file())
-    return [source]
+    return jsonl_rows(path, limits.max_record_bytes)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.data.ingest.fields import as_text, field, text
 from components.data.ingest.images import ImageRef
@@ -12,11 +12,15 @@ from components.data.ingest.records import Candidate, Item, file_failure, load_j
 from components.data.ingest.vqa import ranked_answers, vqa_record
 from components.data.quarantine import Reject
 
+if TYPE_CHECKING:
+    from components.data.ingest.limits import Limits
+
 FORMAT = "textvqa"
 TASKS = ("vqa",)
+SUFFIXES = (".json",)
 
 
-def read(source: Path, images: Path | None) -> Iterator[Item]:
+def read(source: Path, images: Path | None, limits: Limits) -> Iterator[Item]:
     try:
         entries = field(load_json(source), "data", list)
     except Reject as r:

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.data.ingest.fields import as_text, field
 from components.data.ingest.images import as_image_ref
-from components.data.ingest.records import Candidate, Item, input_files, map_rows, table_rows
+from components.data.ingest.records import Candidate, Item, map_rows, table_rows
 from components.data.quarantine import Reject
 from components.data.sample import image_placeholders, user_turn
+
+if TYPE_CHECKING:
+    from components.data.ingest.limits import Limits
 
 FORMAT = "trl-preference"
 TASKS = ("preference",)
@@ -39,9 +42,9 @@ SUFFIXES = (".jsonl", ".parquet")
 ROLES = ("system", "user", "assistant")
 
 
-def read(source: Path, images: Path | None) -> Iterator[Item]:
-    for path in input_files(source, SUFFIXES):
-        yield from map_rows(table_rows(path), FORMAT, path.stem, mapper, ("id", "idx"))
+def read(path: Path, images: Path | None, limits: Limits) -> Iterator[Item]:
+    """The rows of one JSONL or parquet file."""
+    yield from map_rows(table_rows(path, limits), FORMAT, path.stem, mapper, ("id", "idx"))
 
 
 def mapper(row: Any, key: str) -> Candidate:

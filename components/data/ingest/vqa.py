@@ -1,8 +1,9 @@
 """VQAv2 and OK-VQA: a questions JSON plus an annotations JSON; one record per annotation.
 
-``--source`` is the folder holding one ``*questions*.json`` and one ``*annotations*.json``;
-images are found under ``--images`` by the COCO id at the end of their file name
-(``COCO_train2014_000000000009.jpg``).
+``--source`` is the folder holding one ``*questions*.json`` and one ``*annotations*.json``
+(read together as one input; every other file of the folder is listed as skipped, see
+:func:`plan`); images are found under ``--images`` by the COCO id at the end of their file
+name (``COCO_train2014_000000000009.jpg``).
 """
 
 from __future__ import annotations
@@ -10,16 +11,23 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterator
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.data.ingest.fields import as_text, field, text
 from components.data.ingest.images import ImageRef
 from components.data.ingest.records import Candidate, Item, file_failure, load_json, map_rows
+from components.data.ingest.sources import SourceFile, classify
 from components.data.quarantine import Reject
 from components.data.sample import assistant_turn, user_turn
 
+if TYPE_CHECKING:
+    from components.data.ingest.limits import Limits
+
 TASKS = ("vqa",)
+SUFFIXES = (".json",)
+PAIR = ("*questions*.json", "*annotations*.json")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 _TRAILING_ID = re.compile(r"(\d+)$")
 
@@ -36,11 +44,27 @@ def image_index(images: Path | None) -> dict[int, str]:
     return index
 
 
+def plan(source: Path) -> list[SourceFile]:
+    """The folder itself (its questions + annotations pair, read together), then every other
+    file of it as skipped (counted when it looks like input: a compressed JSON...)."""
+    if not source.is_dir():
+        return [SourceFile(source)]
+    rows = [SourceFile(source)]
+    for path in sorted(source.iterdir()):
+        if any(fnmatchcase(path.name, pattern) for pattern in PAIR):
+            continue
+        row = classify(path, SUFFIXES)
+        if row.skipped is None:
+            row = SourceFile(path, f"a {SUFFIXES[0]} matching neither {' nor '.join(PAIR)}")
+        rows.append(row)
+    return rows
+
+
 def _pair(source: Path) -> tuple[Path, Path]:
     if not source.is_dir():
         raise Reject("missing_field", f"{source}: expected a folder with questions + annotations")
     found = []
-    for pattern in ("*questions*.json", "*annotations*.json"):
+    for pattern in PAIR:
         hits = sorted(source.glob(pattern))
         if len(hits) != 1:
             raise Reject("missing_field", f"{source}: {len(hits)} files match {pattern}, need 1")
@@ -74,7 +98,7 @@ def answers_of(ann: Any) -> list[str]:
 def reader(fmt: str):
     """The reader of one VQA-style format (``vqav2`` or ``okvqa``)."""
 
-    def read(source: Path, images: Path | None) -> Iterator[Item]:
+    def read(source: Path, images: Path | None, limits: Limits) -> Iterator[Item]:
         try:
             qpath, apath = _pair(source)
         except Reject as r:

@@ -5,33 +5,39 @@ and/or ``KEY.json`` (an object with ``caption`` or ``text``, maybe ``url``, ``wi
 other members (``.npy``, ``.cls``...) are ignored. The caption is ``KEY.txt`` when present,
 else the JSON's ``caption``, else its ``text``. Each sample becomes a caption record built
 as COCO's (the same prompt), keyed ``webdataset-captions-KEY``. The tar is read with
-:func:`~components.data.ingest.webdataset.tar_groups` (member by member, never extracted).
+:func:`~components.data.ingest.tars.shard_items` (member by member, never extracted, its
+end verified).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components.data.ingest.coco_captions import PROMPT
 from components.data.ingest.fields import as_text, sample_key
 from components.data.ingest.images import ImageRef
 from components.data.ingest.records import Candidate, Item
-from components.data.ingest.webdataset import TarGroup, json_member, shard_items, shard_paths
+from components.data.ingest.tars import TarGroup, shard_items
+from components.data.ingest.webdataset import json_member
 from components.data.quarantine import Reject
 from components.data.sample import assistant_turn, user_turn
 
+if TYPE_CHECKING:
+    from components.data.ingest.limits import Limits
+
 FORMAT = "webdataset-captions"
 TASKS = ("caption",)
+SUFFIXES = (".tar",)
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_FIELDS = ("caption", "text")
 RAW_MEMBERS = ("json", "txt")  # what a quarantined sample keeps of its input
 
 
-def read(source: Path, images: Path | None) -> Iterator[Item]:
-    for path in shard_paths(source):
-        yield from shard_items(path, _candidate, RAW_MEMBERS, name=_key)
+def read(path: Path, images: Path | None, limits: Limits) -> Iterator[Item]:
+    """Caption samples of one shard in order; problems become :class:`Quarantined` items."""
+    yield from shard_items(path, limits, _candidate, RAW_MEMBERS, name=_key)
 
 
 def _key(member_key: str) -> str:

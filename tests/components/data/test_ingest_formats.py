@@ -55,8 +55,9 @@ def test_clean_fixture_ingests_fully_and_round_trips(name: str, tmp_path: Path) 
 
 def test_format_mapping_details(tmp_path: Path) -> None:
     def records(fmt: str, ex) -> list[dict]:
-        ingest(fmt, ex.source, tmp_path / fmt, ex.images, validate=False)
-        return [s.record for s in read_samples(sorted((tmp_path / fmt / "shards").glob("*.tar")))]
+        out = tmp_path / "out" / fmt
+        ingest(fmt, ex.source, out, ex.images, validate=False)
+        return [s.record for s in read_samples(sorted((out / "shards").glob("*.tar")))]
 
     vqa = records("vqav2", EXAMPLES["vqav2"](tmp_path / "vqa"))
     assert vqa[0]["answers"] == ["red"] and vqa[1]["answers"] == ["yes", "no"]

@@ -95,7 +95,9 @@ def test_truncated_tar(tmp_path: Path) -> None:
     summary, entries = run("webdataset", shard, tmp_path / "out")
     assert summary.read == summary.accepted + 1 and summary.accepted >= 3
     assert only_rule(entries) == "truncated_tar"
-    assert "unexpected end of data" in entries[0]["detail"]
+    # the cut member is named, with the offset of its header, and never read
+    assert f"reading stopped at byte {cut.offset} of {len(data)}" in entries[0]["detail"]
+    assert f"member {cut.name!r} declares {cut.size} bytes" in entries[0]["detail"]
 
 
 def _tar_with(path: Path, members: list[tuple[str, bytes]], link: str | None = None) -> Path:
@@ -292,7 +294,11 @@ def test_quarantine_rate_threshold_fails_with_numbers_rule_and_keys(tmp_path: Pa
     summary = exc.value.summary
     assert (summary.read, summary.accepted, summary.quarantined) == (3, 2, 1)
     assert summary.validation == {"ledger": False, "manifest": True}
-    report = json.loads((tmp_path / "out" / "validation.json").read_text())
+    # a run that fails its gate is kept beside OUT for inspection, never published as OUT
+    rejected = tmp_path / "out.rejected"
+    assert summary.out == str(rejected) and not (tmp_path / "out").exists()
+    assert f"see {rejected}/quarantine/quarantine.jsonl" in message
+    report = json.loads((rejected / "validation.json").read_text())
     [failure] = report["ledger"]["failures"]
     assert (failure["expectation"], failure["column"]) == ("expect_column_values_to_be_in_set",
                                                            "status")

@@ -18,14 +18,12 @@ from components.evaluation.judge import (
     JudgeError,
     JudgeItem,
     Judgment,
-    LocalJudge,
-    OpenAIJudge,
     judge_summary,
     lave_prompt,
-    make_judge,
     parse_rating,
     rating_score,
 )
+from components.evaluation.judge_backends import LocalJudge, OpenAIJudge, make_judge
 
 
 @pytest.mark.parametrize(("output", "rating"), [
@@ -209,11 +207,11 @@ CANNED = {"top left corner": "The candidate names the same corner. So rating=3",
 
 
 def test_openai_judge_parses_ratings_and_caches(tmp_path, monkeypatch):
-    monkeypatch.setenv("VLMFORGE_TEST_JUDGE_KEY", "sk-test")
+    monkeypatch.setenv("VLMFORGE_JUDGE_TEST_KEY", "sk-test")
     cache_dir = tmp_path / "cache"
     with _CannedChatServer(CANNED) as server:
         judge = OpenAIJudge("judge-llm", server.base_url + "/", cache_dir=cache_dir,
-                            max_new_tokens=32, api_key_env="VLMFORGE_TEST_JUDGE_KEY",
+                            max_new_tokens=32, api_key_env="VLMFORGE_JUDGE_TEST_KEY",
                             timeout_s=10)
         first = judge.judge(HTTP_ITEMS)
         assert [j.source for j in first] == ["exact_match", "model", "model", "model"]
@@ -240,9 +238,9 @@ def test_openai_judge_parses_ratings_and_caches(tmp_path, monkeypatch):
         assert len(server.requests) == 2  # served from the cache: the server saw nothing new
 
         # no key env named (or named but unset): no Authorization header, nothing required
-        monkeypatch.delenv("VLMFORGE_TEST_JUDGE_KEY")
+        monkeypatch.delenv("VLMFORGE_JUDGE_TEST_KEY")
         other_model = make_judge("openai", "other-llm", base_url=server.base_url,
-                                 api_key_env="VLMFORGE_TEST_JUDGE_KEY", cache_dir=cache_dir)
+                                 api_key_env="VLMFORGE_JUDGE_TEST_KEY", cache_dir=cache_dir)
         assert other_model.judge(HTTP_ITEMS[2:3])[0].source == "model"  # another cache key
         assert len(server.requests) == 3
         assert "Authorization" not in server.requests[-1]["headers"]
@@ -259,7 +257,8 @@ def test_cache_keys_differ_by_backend(tmp_path):
 
 def test_openai_judge_reports_http_errors(tmp_path):
     with _CannedChatServer({**CANNED, "three": 500}) as server:
-        judge = OpenAIJudge("judge-llm", server.base_url, cache_dir=tmp_path, timeout_s=10)
+        judge = OpenAIJudge("judge-llm", server.base_url, cache_dir=tmp_path, timeout_s=10,
+                            backoff_s=0.01)
         endpoint = f"{server.base_url}/chat/completions"
         with pytest.raises(JudgeError, match=rf"judge endpoint {endpoint}: HTTP 500 .*canned"):
             judge.judge(HTTP_ITEMS[2:3])

@@ -1,11 +1,15 @@
 """A small real training stage for the resume tests: tiny Idefics3, real shards, run_stage
-with checkpoints. `python tests/components/training/resume_worker.py SHARDS TOKENIZER CKPT` prints one
-JSON line with the result; VLMFORGE_TEST_STEP_SLEEP slows each logged step (so a test can
-kill the process between checkpoints)."""
+with checkpoints. `python tests/components/training/resume_worker.py SHARDS TOKENIZER CKPT
+[WEIGHTS]` prints `START` when the model is built and training begins, a JSON line per
+logged step, then `RESULT <json>`; with WEIGHTS it saves the final state dict there
+(torch.save of plain tensors). VLMFORGE_TEST_STEP_SLEEP slows each logged step (so a test
+can kill the process between checkpoints); the loop's log (resume, fallback warnings) goes
+to stderr."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -18,8 +22,10 @@ TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_atten
             num_key_value_heads=2)
 
 
-def run(shards: Path, tokenizer_dir: Path, checkpoint_dir: Path | None, on_log=None) -> dict:
-    """Train the stage (resuming from `checkpoint_dir` if it holds a checkpoint)."""
+def run(shards: Path, tokenizer_dir: Path, checkpoint_dir: Path | None, on_log=None,
+        weights: Path | None = None) -> dict:
+    """Train the stage (resuming from `checkpoint_dir` if it holds a checkpoint); with
+    `weights`, save the final state dict there."""
     import torch
     from transformers import AutoTokenizer
 
@@ -46,8 +52,11 @@ def run(shards: Path, tokenizer_dir: Path, checkpoint_dir: Path | None, on_log=N
             on_log(step, row)
         time.sleep(sleep)
 
+    print("START", flush=True)
     run = run_stage(model, processor, stage, shards, seed=0, max_length=256, on_log=log,
                     checkpoint_dir=checkpoint_dir)
+    if weights is not None:
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, weights)
     return {"resumed_from": run.result.resumed_from, "steps": run.result.steps,
             "samples": run.result.samples, "losses": [h["loss"] for h in run.result.history],
             "final_loss": run.result.history[-1]["loss"]}
@@ -57,5 +66,8 @@ if __name__ == "__main__":
     import torch
 
     torch.set_num_threads(1)
-    out = run(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    logging.getLogger("components.training").setLevel(logging.INFO)
+    out = run(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]),
+              weights=Path(sys.argv[4]) if len(sys.argv) > 4 else None)
     print("RESULT " + json.dumps(out), flush=True)

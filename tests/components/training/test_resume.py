@@ -1,7 +1,8 @@
 """Resumable training: kill -9 a real training process after a checkpoint, re-run it, and it
 resumes at the checkpoint's step and data position and ends with the uninterrupted run's
-losses; the same under DDP (2 gloo ranks, bit-identical); SIGTERM saves a checkpoint and
-stops cleanly; the WSD schedule and the padding metric."""
+losses; the same under DDP (2 gloo ranks, bit-identical, every rank's files in the
+manifest); SIGTERM saves a checkpoint and stops cleanly; the WSD schedule and the padding
+metric. Crashes, corruption, locks and run-shape checks: tests/reliability/."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from components.data.corpus import generate_samples
 from components.data.shards import write_shard
 from components.recipe import TrainSettings
-from components.training.checkpoints import list_checkpoints
+from components.training.checkpoints import list_checkpoints, verify_checkpoint
 from components.training.loop import (
     TrainingInterrupted,
     train,
@@ -85,7 +86,7 @@ def test_kill_9_after_a_checkpoint_then_rerun_resumes_with_the_same_final_loss(
     assert proc.returncode == 0, err[-3000:]
     resumed = json.loads(out.split("RESULT ", 1)[1])
     assert resumed["resumed_from"] == killed_at and killed_at % worker.CHECKPOINT_EVERY == 0
-    first_step = json.loads(out.splitlines()[0])["step"]
+    first_step = json.loads(next(x for x in out.splitlines() if x.startswith("{")))["step"]
     assert first_step > killed_at  # the re-run did not redo the checkpointed steps
     assert resumed["steps"] == worker.STEPS and resumed["samples"] == uninterrupted["samples"]
     assert abs(resumed["final_loss"] - uninterrupted["final_loss"]) < 1e-4
@@ -170,6 +171,11 @@ def test_two_process_ddp_run_resumes_bit_identically(tmp_path):
 
     full = launch("full", tmp_path / "ck-full")
     assert [s for s, _ in list_checkpoints(tmp_path / "ck-full")] == [4, 6]
+    step4 = tmp_path / "ck-full" / "step-00000004"
+    manifest = json.loads((step4 / "manifest.json").read_text())["files"]
+    assert {"random_states_0.pkl", "random_states_1.pkl", "loop_state.json"} <= set(manifest)
+    assert verify_checkpoint(step4) is None  # rank 1's file fsynced and hashed by rank 0
+    assert json.loads((step4 / "loop_state.json").read_text())["run"]["world_size"] == 2
     shutil.copytree(tmp_path / "ck-full" / "step-00000004", tmp_path / "ck-resume" / "step-00000004")
     resumed = launch("resumed", tmp_path / "ck-resume")
     for rank in (0, 1):

@@ -78,6 +78,39 @@ def test_score_caption_and_mcq(tmp_path, capsys):
     assert json.loads(out)["accuracy"] == 50.0
 
 
+def test_score_mcq_in_the_mmbench_and_scienceqa_layouts(tmp_path, capsys):
+    """`--format mmbench --circular` and `--format scienceqa --split` score as the suites do."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, "PNG")
+    image = base64.b64encode(buf.getvalue()).decode()
+    tsv = tmp_path / "mmbench.tsv"
+    tsv.write_text("index\tquestion\thint\tA\tB\tC\tanswer\tl2-category\timage\n"
+                   f"0\tColour?\t\tred\tblue\t\tA\tcolour\t{image}\n"
+                   "1\tShape?\tnan\tcircle\tsquare\tdot\tC\tshape\t0\n")
+    answers = {0: "A", 1000000: "B", 1: "C", 1000001: "B", 2000001: "B"}  # 2000001: A is right
+    preds = _write(tmp_path / "preds.json", [{"id": i, "answer": a} for i, a in answers.items()])
+    code, out, _ = _run(["score", "mcq", "--results", preds, "--items", str(tsv), "--format",
+                         "mmbench", "--circular", "--summary"], capsys)
+    scores = json.loads(out)
+    assert code == 0 and (scores["correct"], scores["total"]) == (1, 2)
+    assert scores["rotations"] == {"accuracy": 80.0, "correct": 4, "total": 5}
+    assert {c: v["accuracy"] for c, v in scores["perCategory"].items()} == {"colour": 100.0,
+                                                                             "shape": 0.0}
+    problems = _write(tmp_path / "problems.json", {
+        "7": {"question": "Noun?", "choices": ["run", "table"], "answer": 1, "hint": "",
+              "image": None, "split": "val", "subject": "language science"}})
+    preds = _write(tmp_path / "sqa.json", [{"id": "7", "answer": "B"}])
+    code, out, _ = _run(["score", "mcq", "--results", preds, "--items", problems, "--format",
+                         "scienceqa", "--split", "val", "--images", str(tmp_path)], capsys)
+    assert code == 0 and json.loads(out)["perModality"] == {
+        "text_only": {"accuracy": 100.0, "correct": 1, "total": 1}}
+
+
 def test_score_parser_imports_no_heavy_library():
     probe = ("import argparse, sys\nfrom flows.commands.score import add_score_parser\n"
              "p = argparse.ArgumentParser(); add_score_parser(p.add_subparsers())\n"

@@ -27,7 +27,7 @@ SMALL = DataParams(seed=3, shard_size=4, vocab_size=400,
 
 def test_a_generate_stage_per_source_then_shards_validate_tokenizer():
     stages = SPEC["stages"]
-    assert list(stages) == ["generate", "ingest", "shards", "validate", "tokenizer"]
+    assert list(stages) == ["generate", "ingest", "shards", "validate", "tokenizer", "contamination"]
     assert stages["ingest"]["foreach"] == "${data.datasets}"
     assert {"${item.source}", "${item.images}"} <= set(stages["ingest"]["do"]["deps"])
     generate = stages["generate"]
