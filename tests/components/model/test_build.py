@@ -69,3 +69,29 @@ def test_inline_clip_tower_for_flamingo(tokenizer, tmp_path):
     assert model.config.vision_config.embed_dim == CLIP["hidden_size"]
     with pytest.raises(ValueError, match="vision_inline"):
         _recipe("idefics", "inline", str(tmp_path / "lm"))
+
+
+def test_a_stage_model_is_built_and_reloaded_in_the_stages_dtype(tokenizer, tmp_path):
+    """bf16: a new VLM is cast, a saved parent (fp32 on disk) loads in bf16; LoRA adapters
+    sit on bf16 layers; fp32 reloads a bf16 checkpoint in fp32."""
+    saved_backbones("idefics3", len(tokenizer), tmp_path)
+    tokenizer.save_pretrained(tmp_path / "lm")
+    recipe = _recipe("idefics3", str(tmp_path / "vision"), str(tmp_path / "lm"))
+    stage = recipe.stages[0]
+
+    def build(parent, dtype):
+        return build_stage_model(recipe.model, seed=0, parent_dir=parent, registered={},
+                                 longest_edge=32, unfreeze=stage.unfreeze, lora_rank=4, dtype=dtype)
+
+    fp32, processor, _ = build(None, "fp32")
+    assert {p.dtype for p in fp32.parameters()} == {torch.float32}
+    merge_lora(fp32)
+    save_vlm(fp32, processor, tmp_path / "fp32")
+    for parent in (None, tmp_path / "fp32"):
+        model, _, counts = build(parent, "bf16")
+        base = {p.dtype for n, p in model.named_parameters() if ".lora_" not in n}
+        assert base == {torch.bfloat16} and counts["text"] > 0
+    merge_lora(model)
+    save_vlm(model, processor, tmp_path / "bf16")
+    again, _, _ = build(tmp_path / "bf16", "fp32")
+    assert {p.dtype for p in again.parameters()} == {torch.float32}
