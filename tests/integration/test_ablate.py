@@ -1,0 +1,49 @@
+"""`vlmforge ablate` end to end on the micro recipe: two arms x two seeds as real pipelines under
+one MLflow parent run, the shared SFT prefix trained once per seed, the table, the verdict and
+the plots logged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+import registry
+from components.ablation import Study, arm_recipe
+from components.recipe import Recipe
+from flows.ablate import ablate
+from flows.environment import vlmforge_home
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+pytestmark = pytest.mark.slow
+
+
+def test_an_alignment_study_runs_its_arms_and_logs_table_verdict_and_plots():
+    study = Study.model_validate({
+        "name": "micro-align", "source": "RLHF-V", "claim": "alignment lowers hallucination",
+        "base": "../micro.yaml", "primary": "hallucination_rate", "metrics": ["vqa_accuracy"],
+        "baseline": "sft-only", "treatment": "aligned", "direction": "lower",
+        "arms": {"sft-only": {"stages": {"align": None}}, "aligned": {}}, "seeds": [0, 1]})
+    registry.configure(vlmforge_home())
+    base = yaml.safe_load((CONFIGS / "micro.yaml").read_text())
+    result = ablate(study, base)
+
+    assert set(result["table"]) == {"sft-only", "aligned"}
+    for arm in result["table"].values():
+        low, mean, high = (arm["hallucination_rate"][k] for k in ("ci_low", "mean", "ci_high"))
+        assert low <= mean <= high
+    assert result["difference"]["n"] == 2
+    assert isinstance(result["reproduced"], bool)
+    # per seed the aligned arm reuses the sft-only arm's three stages and trains align alone
+    for seed in study.seeds:
+        name = Recipe.model_validate(arm_recipe(study, base, "aligned", seed)).registered_model
+        assert len(registry.list_versions(name)) == 4
+    run = registry.get_run(result["run_id"])
+    assert run["status"] == "FINISHED"
+    assert run["metrics"]["reproduced"] == float(result["reproduced"])
+    from registry.tracking import client
+
+    files = {a.path for a in client().list_artifacts(result["run_id"], "plots")}
+    assert files == {"plots/arms.png", "plots/curves.png"}
