@@ -211,6 +211,9 @@ class StopState:
             if self.signum is not None:
                 return
             self.signum, self.at_wall, self.at = signum, time.time(), time.monotonic()
+        tracking = sys.modules.get("registry.tracking")  # not imported: no run was started
+        if tracking is not None:
+            tracking.close_runs(f"stopped by {signal.Signals(signum).name}")
         self.requested.set()
 
     def _left(self, by: float, least: float = 1.0) -> float:
@@ -285,6 +288,8 @@ class _Watchdog(threading.Thread):
         """The main thread is stuck: report, stop everything below, exit now."""
         code = self.state.report()
         stop_processes(descendants(), 3.0)  # Prefect's temporary server included
+        # a run a stuck thread opened after the report (before close_runs took effect)
+        _bounded(lambda: _end_runs_killed(self.state.invocation, self.state.at_wall), 2.0, [])
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
@@ -327,6 +332,8 @@ def run_stoppable(command: str, run: Callable[[], int], describe: Describe) -> i
     finally:
         state.finished.set()
         state.requested.set()  # the watchdog's waiting thread ends
+        if state.signum is not None and "registry.tracking" in sys.modules:
+            sys.modules["registry.tracking"].close_runs(None)  # this process may go on
         signal.set_wakeup_fd(previous_fd)
         for s, handler in previous.items():
             signal.signal(s, handler)

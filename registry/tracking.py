@@ -38,6 +38,18 @@ _lock = threading.RLock()
 _config: TrackingConfig | None = None
 _own_uris: set[str] = set()  # URIs we exported to MLFLOW_TRACKING_URI ourselves (per home)
 _experiments: dict[tuple[str, str], str] = {}
+_closed: str | None = None  # why no new run may start (a stop is under way), else None
+
+
+class RunsClosed(RuntimeError):
+    """A run was asked for after `close_runs`: the process is stopping."""
+
+
+def close_runs(reason: str | None) -> None:
+    """Refuse every later `start_run` in this process, saying ``reason`` (a stop: a thread
+    still working must not open a run after the open ones were ended); None reopens."""
+    global _closed
+    _closed = reason
 
 
 def configure(home: Path) -> TrackingConfig:
@@ -140,6 +152,8 @@ def start_run(
     from mlflow.tracking.context.registry import resolve_tags
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+    if _closed is not None:
+        raise RunsClosed(f"no new MLflow run ({name!r}): {_closed}")
     c = client()
     if experiment_name is not None:
         exp_id = experiment(experiment_name)

@@ -198,3 +198,19 @@ def test_concurrent_logging_from_threads(home: Path) -> None:
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(work, range(4)))
     assert registry.get_run(rid)["metrics"] == {f"m{i}": float(i) for i in range(4)}
+
+
+def test_closed_runs_refuse_a_new_run_until_reopened(home: Path) -> None:
+    """A stop closes the store to new runs: a thread still working cannot open one after the
+    open runs were ended KILLED."""
+    from registry.tracking import RunsClosed, close_runs
+
+    close_runs("stopped by SIGTERM")
+    try:
+        with pytest.raises(RunsClosed, match="'late'.*stopped by SIGTERM"):
+            with registry.start_run("late"):
+                pass
+    finally:
+        close_runs(None)
+    with registry.start_run("after") as run_id:
+        assert registry.get_run(run_id)["status"] == "RUNNING"
