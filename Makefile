@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/vlmforge run --recipe configs/tiny.yaml
 
-test: install postgres chromium
+test: install postgres
 	$(BIN)/pytest -q
 
 # The MLflow-on-PostgreSQL test needs Debian's postgresql (it starts its own throwaway
@@ -34,10 +34,10 @@ postgres:
 test-distributed: install
 	$(BIN)/pytest -q tests/components/training/test_distributed.py tests/flows/stages/test_launch.py tests/infra
 
-test-slow: install
+test-slow: install postgres chromium
 	$(BIN)/pytest -q -m slow
 
-# The MLflow UI browser test renders pages with Debian's headless chromium.
+# The MLflow UI browser test (slow) renders pages with Debian's headless chromium.
 chromium:
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
 	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from components.data.params import DataParams
+from components.recipe import Recipe, load_recipe
 from components.recipe_checks import (
     DUE_STAGES,
     PreflightError,
@@ -23,7 +24,6 @@ from components.recipe_checks import (
     estimate_data,
     preflight,
 )
-from components.recipe import Recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -257,6 +257,7 @@ class _Pg:
         self.conn.close()
 
 
+@pytest.mark.slow  # a whole `vlmforge run`: ~2 min (make test-slow)
 def test_micro_pipeline_lands_in_postgres(postgres, tmp_path):
     """Runs, registered versions and the `champion` alias of a whole `vlmforge run` end up in
     PostgreSQL; artifacts in the server's artifact store; nothing in the local home."""

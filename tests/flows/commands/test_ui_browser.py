@@ -34,6 +34,7 @@ BROWSER = next((shutil.which(b) for b in BROWSERS if shutil.which(b)), None)
 BROWSER_TIMEOUT_S = 120
 
 pytestmark = [
+    pytest.mark.slow,  # a whole `vlmforge run` and a browser: ~2 min (make test-slow)
     pytest.mark.skipif(BROWSER is None, reason="headless Chromium not found (Debian: "
                        "`apt-get install chromium`); the MLflow UI browser test needs it"),
 ]
