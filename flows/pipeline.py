@@ -16,6 +16,7 @@ from flows.stages.backbones import BackboneOutcome, backbones_flow
 from flows.stages.compare import COLUMNS, StageComparison, compare_stages
 from flows.stages.data import data_flow, workspace_for
 from flows.stages.evaluate import EvalOutcome, evaluate_flow
+from flows.stages.launch import StageLauncher
 from flows.stages.training import STAGE_FLOWS, StageOutcome
 from flows.stopping import note_phase
 from flows.summary import KEY_METRICS, SHORT, Row, render
@@ -86,9 +87,11 @@ def check_reachable(recipe: Recipe) -> None:
 
 
 @flow(name="pipeline")
-def pipeline(recipe: Recipe, force: bool = False, parent_run_id: str | None = None) -> PipelineResult:
+def pipeline(recipe: Recipe, force: bool = False, parent_run_id: str | None = None,
+             launcher: StageLauncher | None = None) -> PipelineResult:
     """Every stage of the recipe, each reusing its previous result when nothing changed
-    (``parent_run_id``: the MLflow run this pipeline's run nests under, e.g. an ablation's)."""
+    (``parent_run_id``: the MLflow run this pipeline's run nests under, e.g. an ablation's;
+    ``launcher``: run the training stages on several processes, the others stay inline)."""
     start = time.perf_counter()
     check_reachable(recipe)
     with registry.start_run(f"pipeline-{recipe.name}", parent_run_id=parent_run_id,
@@ -101,8 +104,13 @@ def pipeline(recipe: Recipe, force: bool = False, parent_run_id: str | None = No
         stages: list[StageOutcome] = []
         for kind in STAGE_KINDS:
             note_phase(kind)
-            stages += STAGE_FLOWS[kind](recipe, data, backbones, parent_run_id=run_id, force=force,
-                                        previous_version=stages[-1].version if stages else None)
+            previous = stages[-1].version if stages else None
+            if launcher is None:
+                stages += STAGE_FLOWS[kind](recipe, data, backbones, parent_run_id=run_id,
+                                            force=force, previous_version=previous)
+            else:
+                stages += launcher.run(kind, parent_run_id=run_id, force=force,
+                                       previous_version=previous)
         note_phase("evaluate")
         evaluation = evaluate_flow(recipe, stages[-1].version, data, parent_run_id=run_id, force=force)
         comparison = compare_stages(recipe, {s.stage: s.version for s in stages}, data, run_id, force,

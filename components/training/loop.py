@@ -19,7 +19,9 @@ Under `accelerate launch` with N processes (DDP), rank r takes batches r, r+N, r
 of the (identically ordered) batch stream, so every rank sees different data and one
 optimiser step covers N x batch_size x grad_accum samples; gradients are averaged by
 DDP. Logged metrics are reduced over ranks (loss: mean; samples, tokens: sum) and
-`on_log` is called on the main process only.
+`on_log` is called on the main process only. Under FSDP (an FSDP accelerate config, CPU
+gloo included) the same holds with the weights sharded over the ranks; `train` hands the
+model back unsharded, its full weights on every rank (see `fsdp`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from torch import nn
 
 from components.progress import progress
 from components.recipe import SCHEDULES, TrainSettings
+from components.training import fsdp
 from components.training.checkpoints import (
     check_rng_restored,
     check_run_settings,
@@ -150,6 +153,10 @@ def train(
         # a text-only batch leaves the connector (and vision tower) without gradients
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    fsdp.enable_on_cpu(accel)
+    plain = model  # under FSDP a copy is sharded and `plain` gets the full weights back
+    if fsdp.is_fsdp(accel):
+        model = fsdp.shard_copy(plain)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
@@ -157,6 +164,9 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, LRSchedule(cfg.schedule, cfg.warmup_steps, cfg.steps, cfg.decay_fraction))
     model, optimizer = accel.prepare(model, optimizer)  # the scheduler is saved as JSON, below
+    if fsdp.is_fsdp(accel):
+        fsdp.release(plain)
+        model.set_reduce_scatter_unused_params(True)  # as find_unused_parameters above
     # FSDP2 / DeepSpeed replace parameters on prepare: clip the prepared model's own
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -213,13 +223,17 @@ def train(
                 if on_log and accel.is_main_process:
                     on_log(result.steps, row)
                 window = _Window.empty(accel.device)
-            if on_eval and cfg.eval_every and accel.is_main_process and (
+            if on_eval and cfg.eval_every and (
                     result.steps % cfg.eval_every == 0 or result.steps == cfg.steps):
                 t_eval = time.perf_counter()
-                evaluated = on_eval(accel.unwrap_model(model))
-                result.evals.append({"step": result.steps, **evaluated})
-                if on_log:
-                    on_log(result.steps, evaluated)
+                evaluable = _unwrapped(accel, model, plain)  # every rank: FSDP gathers
+                if accel.is_main_process:
+                    evaluated = on_eval(evaluable)
+                    result.evals.append({"step": result.steps, **evaluated})
+                    if on_log:
+                        on_log(result.steps, evaluated)
+                if fsdp.is_fsdp(accel):
+                    fsdp.release(plain)
                 window.t0 += time.perf_counter() - t_eval  # eval time is not training throughput
             interrupted = stop.agreed(accel)
             if ckpt_dir is not None and (interrupted or result.steps == cfg.steps
@@ -241,8 +255,16 @@ def train(
     if accel.num_processes > 1:
         total = torch.tensor([result.samples], dtype=torch.float64, device=accel.device)
         result.samples = int(accel.reduce(total, reduction="sum").item())
-    model.eval()
+    _unwrapped(accel, model, plain).eval()
     return result
+
+
+def _unwrapped(accel: Accelerator, model: nn.Module, plain: nn.Module) -> nn.Module:
+    """The trained model as a plain module: `plain` filled with the full weights under FSDP
+    (a collective: every rank calls it), the unwrapped prepared model otherwise."""
+    if fsdp.is_fsdp(accel):
+        return fsdp.gather_into(model, plain, accel.device)
+    return accel.unwrap_model(model)
 
 
 class _Window:
@@ -381,7 +403,8 @@ def _reduce_window(accel: Accelerator, window: dict, extra: dict[str, float]
     values = torch.tensor([float(window[k]) for k in keys] + [extra[k] for k in extra_keys],
                           dtype=torch.float64, device=accel.device)
     values = accel.reduce(values, reduction="sum").tolist()
-    return dict(zip(keys, values, strict=True)), dict(zip(extra_keys, values[len(keys):], strict=True))
+    return (dict(zip(keys, values[:len(keys)], strict=True)),
+            dict(zip(extra_keys, values[len(keys):], strict=True)))
 
 
 def _cycle(batches: Iterable[dict]) -> Iterator[dict]:

@@ -79,8 +79,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if recipe is None:
         return 2
     from flows.pipeline import pipeline
+    from flows.stages.launch import StageLauncher
 
-    result = pipeline(recipe, force=args.force)
+    launcher = (StageLauncher(args.recipe, args.num_processes, args.accelerate_config)
+                if args.launcher == "accelerate" else None)
+    result = pipeline(recipe, force=args.force, launcher=launcher)
     print(result.summary(recipe.registered_model))
     return 0
 
@@ -220,6 +223,7 @@ def add_run_parsers(subparsers: argparse._SubParsersAction) -> None:
     run = subparsers.add_parser("run", help="the whole pipeline: data -> ... -> evaluate + promotion")
     run.add_argument("--recipe", required=True, help="recipe YAML, e.g. configs/tiny.yaml")
     run.add_argument("--force", action="store_true", help="retrain stages even when unchanged")
+    add_launcher_options(run, "each training stage")
     run.set_defaults(func=cmd_run, kept=kept_after_stop)
     for name, func in (("data", cmd_data), ("backbones", cmd_backbones),
                        *((kind, cmd_training) for kind in STAGE_KINDS)):
@@ -227,9 +231,13 @@ def add_run_parsers(subparsers: argparse._SubParsersAction) -> None:
         p.add_argument("--recipe", required=True)
         p.add_argument("--force", action="store_true")
         if name in STAGE_KINDS:
-            p.add_argument("--launcher", choices=["inline", "accelerate"], default="inline",
-                           help="accelerate: run the stage on --num-processes processes")
-            p.add_argument("--num-processes", type=int, default=2)
-            p.add_argument("--accelerate-config", default=None,
-                           help="infra/accelerate/<name>.yaml (default: CPU gloo or plain DDP)")
+            add_launcher_options(p, "the stage")
         p.set_defaults(func=func, kept=kept_after_stop)
+
+
+def add_launcher_options(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--launcher", choices=["inline", "accelerate"], default="inline",
+                        help=f"accelerate: run {what} on --num-processes processes")
+    parser.add_argument("--num-processes", type=int, default=2)
+    parser.add_argument("--accelerate-config", default=None,
+                        help="infra/accelerate/<name>.yaml (default: CPU gloo or plain DDP)")

@@ -13,24 +13,37 @@ runs the normal stage flow (MLflow run, metrics, evaluation, registration, Prefe
 subflow reporting to the parent's Prefect server); every other rank builds the same
 model, joins the same `train()` (its on_log is never called: the loop logs on the main
 process only) and writes nothing to MLflow or Prefect.
+
+`StageLauncher` runs the pipeline's training stages this way (`vlmforge run --launcher
+accelerate`): each kind gets the version its first stage starts from (`--previous-version`,
+followers included) and rank 0 writes the stages' outcomes to a file the pipeline reads back
+(`--outcomes`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import flow, get_run_logger, task
 
 from components.recipe import STAGE_KINDS
 from components.training.distributed import is_main_process, launch_command, process_rank
 from flows.environment import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from flows.stages.training import StageOutcome
 
 WORKER_MODULE = "flows.stages.launch"
 
@@ -117,15 +130,16 @@ def accelerate_launch(target: list[str], num_processes: int, config_file: str | 
 
 
 def stage_target(recipe: str, kind: str, force: bool = False,
-                 parent_run_id: str | None = None, wait_s: float | None = None) -> list[str]:
+                 parent_run_id: str | None = None, wait_s: float | None = None,
+                 previous_version: str | None = None, outcomes: Path | None = None) -> list[str]:
     """What every launched process runs for one stage kind of a recipe."""
     target = ["-m", WORKER_MODULE, "stage", "--recipe", str(recipe), "--kind", kind]
     if force:
         target.append("--force")
-    if parent_run_id:
-        target += ["--parent-run-id", parent_run_id]
-    if wait_s is not None:
-        target += ["--wait-s", str(wait_s)]
+    for flag, value in (("--parent-run-id", parent_run_id), ("--wait-s", wait_s),
+                        ("--previous-version", previous_version), ("--outcomes", outcomes)):
+        if value is not None:
+            target += [flag, str(value)]
     return target
 
 
@@ -144,27 +158,56 @@ def launch_stage(recipe_path: str, kind: str, num_processes: int, config_file: s
     return launched()
 
 
+@dataclass(frozen=True)
+class StageLauncher:
+    """The pipeline's training stages under `vlmforge run --launcher accelerate`: each stage
+    kind of the recipe at `recipe_path` on `num_processes` launched processes."""
+
+    recipe_path: str
+    num_processes: int
+    config_file: str | None = None
+    wait_s: float | None = None
+
+    def run(self, kind: str, parent_run_id: str, force: bool,
+            previous_version: str | None) -> list[StageOutcome]:
+        """Every `kind` stage, launched from the pipeline's flow; rank 0's outcomes."""
+        from flows.stages.training import StageOutcome
+
+        config_file = str(Path(self.config_file).resolve()) if self.config_file else None
+        with tempfile.TemporaryDirectory() as tmp:
+            outcomes = Path(tmp) / "outcomes.json"
+            accelerate_launch(stage_target(str(Path(self.recipe_path).resolve()), kind, force,
+                                           parent_run_id, self.wait_s, previous_version, outcomes),
+                              self.num_processes, config_file)
+            return [StageOutcome(**o) for o in json.loads(outcomes.read_text())]
+
+
 # ---- what each launched process runs -------------------------------------------------
 
 
-def follower_stage(recipe, stage, data, backbones, force: bool, wait_s: float) -> None:
-    """A non-zero rank: the same model and the same `train()` as rank 0, nothing logged."""
+def follower_stage(recipe, stage, data, backbones, force: bool, wait_s: float,
+                   previous_version: str | None = None) -> str:
+    """A non-zero rank: the same model and the same `train()` as rank 0, nothing logged.
+    Returns the stage's version (rank 0's), the next stage's parent."""
     import registry
     from components.recipe import stage_cache_key
     from components.training.stage import run_stage
     from flows.stages.training import parent_of, reference_file, start_model
 
-    parent = _retry(lambda: parent_of(recipe, stage, data, backbones), wait_s)
+    if previous_version is not None and recipe.previous_stage(stage) is not None:
+        parent = previous_version  # as rank 0's train_stage decides
+    else:
+        parent = _retry(lambda: parent_of(recipe, stage, data, backbones), wait_s)
     key = stage_cache_key(recipe, stage, parent, data.version)  # the key rank 0 tags
     before = registry.find_version(recipe.registered_model, {"cache_key": key})
     if not force and before is not None:
-        return  # rank 0 reuses the cached version too
+        return before  # rank 0 reuses the cached version too
     model, processor, _ = start_model(recipe, stage, parent, data, backbones)
     run_stage(model, processor, stage, data.shards, seed=recipe.seed,
               max_length=recipe.model.max_length,
               reference_file=reference_file(recipe, stage, parent, data))
     # the next stage starts from the version rank 0 registers now: wait for it
-    _retry(lambda: _newer(recipe.registered_model, key, before), wait_s)
+    return _retry(lambda: _newer(recipe.registered_model, key, before), wait_s)
 
 
 def _newer(name: str, key: str, before: str | None) -> str:
@@ -201,14 +244,18 @@ def stage_main(args: argparse.Namespace) -> int:
     if is_main_process():
         from flows.stages.training import STAGE_FLOWS
 
-        for s in STAGE_FLOWS[args.kind](recipe, data, backbones, parent_run_id=args.parent_run_id,
-                                        force=args.force):
+        outcomes = STAGE_FLOWS[args.kind](recipe, data, backbones, parent_run_id=args.parent_run_id,
+                                          force=args.force, previous_version=args.previous_version)
+        for s in outcomes:
             print(f"{s.stage}: {recipe.registered_model} v{s.version}"
                   f"{' (cached)' if s.cached else ''} run {s.run_id}", flush=True)
+        if args.outcomes:
+            Path(args.outcomes).write_text(json.dumps([dataclasses.asdict(s) for s in outcomes]))
         return 0
     stages = recipe.stages_of(args.kind)
+    previous = args.previous_version
     for stage in stages:
-        follower_stage(recipe, stage, data, backbones, args.force, args.wait_s)
+        previous = follower_stage(recipe, stage, data, backbones, args.force, args.wait_s, previous)
     print(f"rank {process_rank()}: {len(stages)} {args.kind} stage(s) done", flush=True)
     return 0
 
@@ -224,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--parent-run-id", default=None)
     st.add_argument("--wait-s", type=float, default=3600.0,
                     help="how long a non-zero rank waits for rank 0's registration")
+    st.add_argument("--previous-version", default=None,
+                    help="the version the kind's first stage starts from (inside a pipeline)")
+    st.add_argument("--outcomes", default=None, help="rank 0 writes the stages' outcomes here (JSON)")
     st.set_defaults(func=stage_main)
     args = parser.parse_args(argv)
     return args.func(args)

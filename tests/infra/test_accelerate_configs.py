@@ -23,6 +23,7 @@ EXPECTED = {  # file -> (distributed_type, launcher flag that accelerate launch 
     "deepspeed-zero3.yaml": (DistributedType.DEEPSPEED, "use_deepspeed"),
     "multi-node.yaml": (DistributedType.MULTI_GPU, "multi_gpu"),
     "cpu-2proc.yaml": (DistributedType.MULTI_GPU, "multi_gpu"),
+    "fsdp-cpu-2proc.yaml": (DistributedType.FSDP, "use_fsdp"),
 }
 
 

@@ -1,5 +1,5 @@
-"""Run by tests/components/training/test_distributed.py under the launcher (or alone as the
-one-process reference): a tiny Llama trained by `components.training.loop.train` on
+"""Run by tests/components/training/test_distributed.py and test_fsdp.py under the launcher
+(or alone as the one-process reference): a tiny Llama trained by `components.training.loop.train` on
 fixed token batches; writes what this rank saw and its final weights to --out."""
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--eval-every", type=int, default=0, help="validation loss every N steps")
+    parser.add_argument("--save", action="store_true", help="rank 0 also saves the model (safetensors)")
     args = parser.parse_args()
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -37,17 +39,27 @@ def main() -> None:
                                          num_key_value_heads=2, max_position_embeddings=SEQ))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     seen: list[torch.Tensor] = []
+    held: list[int] = []  # parameter elements this rank holds while training (FSDP: its shards)
 
     def objective(m, batch):
         seen.append(batch["input_ids"].clone())
+        held.append(sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+                        for p in m.parameters()))
         return m(**batch).loss, {}
 
+    @torch.no_grad()
+    def validation(m) -> dict[str, float]:
+        return {"val_loss": float(m(**batches(ROWS)[0]).loss)}
+
     result = train(model, batches(args.batch_size),
-                   TrainSettings(steps=args.steps, lr=1e-2, warmup_steps=1, log_every=1), objective)
+                   TrainSettings(steps=args.steps, lr=1e-2, warmup_steps=1, log_every=1,
+                                 eval_every=args.eval_every), objective, on_eval=validation)
     rank = int(os.environ.get("RANK", "0"))
+    if args.save and rank == 0:
+        model.save_pretrained(Path(args.out) / "saved")
     torch.save({"rank": rank, "world": int(os.environ.get("WORLD_SIZE", "1")),
-                "seen": seen, "before": before, "after": model.state_dict(),
-                "history": result.history, "samples": result.samples},
+                "seen": seen, "held": held, "before": before, "after": model.state_dict(),
+                "history": result.history, "evals": result.evals, "samples": result.samples},
                Path(args.out) / f"rank{rank}.pt")
 
 

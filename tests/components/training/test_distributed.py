@@ -5,81 +5,27 @@ one-process run on the doubled batch; every socket the run listens on is 127.0.0
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from components.training.distributed import cpu_args, launch_command
+from tests.components.training.helpers import PROBE, run
 
-ROOT = Path(__file__).resolve().parents[3]
-PROBE = Path(__file__).with_name("ddp_probe.py")
 BATCH, STEPS = 4, 3
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env["OMP_NUM_THREADS"] = "1"
-    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    return env
-
-
-def _descendants(pid: int) -> set[int]:
-    """pid and every process below it, from /proc."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = set(), [pid]
-    while todo:
-        p = todo.pop()
-        out.add(p)
-        todo.extend(children.get(p, []))
-    return out
-
-
-def _listening(pids: set[int]) -> set[str]:
-    """Local addresses of listening TCP sockets owned by `pids` (from `ss -ltnpH`)."""
-    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
-    found = set()
-    for line in out.splitlines():
-        if {int(p) for p in re.findall(r"pid=(\d+)", line)} & pids:
-            found.add(line.split()[3])
-    return found
-
-
-def _run(cmd: list[str], watch: bool) -> tuple[subprocess.CompletedProcess, set[str]]:
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    addresses: set[str] = set()
-    if watch and shutil.which("ss"):
-        while proc.poll() is None:
-            addresses |= _listening(_descendants(proc.pid))
-            time.sleep(0.2)
-    output, _ = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(cmd, proc.returncode, output), addresses
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     two, one = tmp_path_factory.mktemp("ddp2"), tmp_path_factory.mktemp("ddp1")
-    launched, addresses = _run(launch_command(
+    launched, addresses = run(launch_command(
         [str(PROBE), "--out", str(two), "--batch-size", str(BATCH), "--steps", str(STEPS)],
         num_processes=2, cpu=True), watch=True)
     assert launched.returncode == 0, launched.stdout[-4000:]
-    alone, _ = _run([sys.executable, str(PROBE), "--out", str(one), "--batch-size", str(2 * BATCH),
-                     "--steps", str(STEPS)], watch=False)
+    alone, _ = run([sys.executable, str(PROBE), "--out", str(one), "--batch-size", str(2 * BATCH),
+                    "--steps", str(STEPS)], watch=False)
     assert alone.returncode == 0, alone.stdout[-4000:]
     load = lambda p: torch.load(p, weights_only=False)  # noqa: E731
     return (load(two / "rank0.pt"), load(two / "rank1.pt"), load(one / "rank0.pt"), addresses)

@@ -3,6 +3,7 @@ its log and fails on a non-zero exit; ranks are read from torchrun's variables."
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from pathlib import Path
@@ -89,19 +90,19 @@ def test_launch_task_runs_two_ranks_and_fails_the_task_on_error(tmp_path):
         launched(True)
 
 
-def _launch_recipe(tmp_path: Path) -> Path:
+def _launch_recipe(tmp_path: Path, name: str = "micro-launch") -> Path:
     """The micro recipe under its own names, its SFT stage validating every step (eval_every
     is a monitoring setting: rank 0 and the follower must still agree on the stage's key)."""
     import yaml
 
     raw = yaml.safe_load((ROOT / "configs" / "micro.yaml").read_text())
-    raw.update(name="micro-launch", registered_model="vlm-micro-launch")
-    raw["backbones"]["vision"]["registered_model"] = "vision-micro-launch"
-    raw["backbones"]["text"]["registered_model"] = "lm-micro-launch"
-    raw["model"].update(vision="registered:vision-micro-launch", text="registered:lm-micro-launch")
+    raw.update(name=name, registered_model=f"vlm-{name}")
+    raw["backbones"]["vision"]["registered_model"] = f"vision-{name}"
+    raw["backbones"]["text"]["registered_model"] = f"lm-{name}"
+    raw["model"].update(vision=f"registered:vision-{name}", text=f"registered:lm-{name}")
     sft = next(s for s in raw["stages"] if s["kind"] == "sft")
     sft["train"].update(eval_every=1, checkpoint_every=2)
-    path = tmp_path / "micro-launch.yaml"
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
@@ -161,4 +162,30 @@ def test_launched_pretrain_on_two_processes_registers_each_stage_once(tmp_path):
 
     history = MlflowClient().get_metric_history(new[0]["run_id"], "loss")
     steps = [m.step for m in history]
+    assert steps == sorted(set(steps))  # logged by rank 0 only: no step twice
+
+
+@pytest.mark.slow
+def test_pipeline_launches_each_training_stage_and_registers_it_once(tmp_path):
+    """`vlmforge run --launcher accelerate`: data, backbones and evaluation inline, each
+    training stage on 2 gloo ranks nested under the pipeline's run, one version each."""
+    import registry
+    from components.recipe import load_recipe
+    from flows.cli import main as cli
+
+    path = _launch_recipe(tmp_path, "micro-pipeline-launch")
+    assert cli(["run", "--recipe", str(path), "--launcher", "accelerate", "--num-processes", "2"]) == 0
+    recipe = load_recipe(path)
+    versions = registry.list_versions(recipe.registered_model)
+    assert [v["tags"]["stage"] for v in versions] == [s.name for s in recipe.stages]
+    for before, after in itertools.pairwise(versions):
+        assert after["tags"]["parent_version"] == before["version"]
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    parents = {client.get_run(v["run_id"]).data.tags["mlflow.parentRunId"] for v in versions}
+    assert len(parents) == 1
+    pipeline_run = client.get_run(parents.pop())
+    assert pipeline_run.data.tags["final_version"] == versions[-1]["version"]  # evaluated after
+    steps = [m.step for m in client.get_metric_history(versions[0]["run_id"], "loss")]
     assert steps == sorted(set(steps))  # logged by rank 0 only: no step twice
