@@ -25,6 +25,9 @@
 - peer:    the same SFT and DPO through vlmforge's stage and TRL's SFTTrainer / DPOTrainer (same
   model, batches, steps), each in a fresh process: samples/s and peak memory (ratios = vlmforge /
   TRL; goal: speed >= 1, memory <= 1); see flows/bench/peer.py.
+- mfu:     tokens/s, model FLOPs utilisation and peak memory of the SmolVLM-256M-shaped model's SFT
+  in bf16 with packing and gradient checkpointing (goal on an H100-class GPU: MFU >= 40 %; a
+  short smoke run without a GPU); see flows/bench/mfu.py.
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ from __future__ import annotations
 import json
 
 BENCHES = ("rerun", "startup", "generation", "serve", "dask", "overhead", "pixel-shuffle", "loader",
-           "packing", "soak", "memory", "peer")
+           "packing", "soak", "memory", "peer", "mfu")
 
 
 def run_bench(name: str, recipe: str, as_json: bool = False,
-              model: str = "models:/vlm-tiny@champion") -> int:
+              model: str = "models:/vlm-tiny@champion", peak_tflops: float | None = None) -> int:
     if name == "generation":
         from flows.bench.generation import bench_generation
 
@@ -83,6 +86,13 @@ def run_bench(name: str, recipe: str, as_json: bool = False,
         if not as_json:
             print(table(result))
             return 0
+    elif name == "mfu":
+        from flows.bench.mfu import bench_mfu, table
+
+        result = bench_mfu(peak_tflops=peak_tflops)  # the SmolVLM-256M shape: not --recipe
+        if not as_json:
+            print(table(result))
+            return 0
     elif name == "startup":
         from flows.bench.runs import bench_startup
 
@@ -100,7 +110,8 @@ def run_bench(name: str, recipe: str, as_json: bool = False,
 
 
 def cmd_bench(args) -> int:
-    return run_bench(args.name, args.recipe, as_json=args.json, model=args.model)
+    return run_bench(args.name, args.recipe, as_json=args.json, model=args.model,
+                     peak_tflops=args.peak_tflops)
 
 
 def add_bench_parser(subparsers) -> None:
@@ -108,5 +119,7 @@ def add_bench_parser(subparsers) -> None:
     bench.add_argument("name", choices=list(BENCHES))
     bench.add_argument("--recipe", default="configs/tiny.yaml", help="the recipe measured")
     bench.add_argument("--model", default="models:/vlm-tiny@champion", help="for serve")
+    bench.add_argument("--peak-tflops", type=float, default=None,
+                       help="for mfu: the device's dense bf16 peak, when not in its table")
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
