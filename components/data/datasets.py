@@ -29,6 +29,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from components.data.union_find import DisjointSets
+
 DATASET_NAME = r"^[a-z][a-z0-9_]*$"  # a shard stem: `<name>-NNNN.tar` never matches another name
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -186,21 +188,14 @@ def _by_files(records: dict[str, list[_Record]]) -> tuple[dict[str, list[_Record
 def _by_ratio(records: list[_Record], ratios: dict[str, float], seed: int) -> dict[str, list[_Record]]:
     """Records that share an image form one group (union-find); each group goes to a split
     drawn from a seeded hash of its first image, so the assignment is stable across runs."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    sets = DisjointSets()
     for record in records:
         anchors = record.images or [f"key:{record.key}"]
         for h in anchors[1:]:
-            parent[find(h)] = find(anchors[0])
+            sets.union(h, anchors[0])
     assigned: dict[str, list[_Record]] = {split: [] for split in ratios}
     for record in records:
-        group = find((record.images or [f"key:{record.key}"])[0])
+        group = sets.find((record.images or [f"key:{record.key}"])[0])
         draw = int(hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()[:15], 16) / 16**15
         total = 0.0
         chosen = next(iter(ratios))

@@ -45,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from components.data.params import CONTAMINATION_MODES
+from components.data.union_find import DisjointSets
 
 THUMB_SIZE = 12
 CANDIDATE_RMS = 0.07  # stage 1: RMS distance of the 12x12 thumbnails (pixel values in 0..1)
@@ -372,22 +373,14 @@ def contamination(shards_dir: str | Path, suites: dict[str, dict[str, Any]], mod
 
 def duplicate_summary(matches: list[Match], examples: int = 20) -> dict[str, Any]:
     """Near-duplicate pairs within one split, grouped (union-find) into sets of copies."""
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    sets = DisjointSets()
     for m in matches:
-        parent[find(m.a)] = find(m.b)
-    groups: dict[str, list[str]] = {}
-    for x in parent:
-        groups.setdefault(find(x), []).append(x)
+        sets.union(m.a, m.b)
+    groups = sets.groups()
+    images = sum(len(g) for g in groups.values())
     return {"pairs": len(matches), "exact_pairs": sum(m.kind == "exact" for m in matches),
-            "images": len(parent), "groups": len(groups),
-            "extra_copies": len(parent) - len(groups),
+            "images": images, "groups": len(groups),
+            "extra_copies": images - len(groups),
             "examples": [asdict(m) for m in matches[:examples]]}
 
 

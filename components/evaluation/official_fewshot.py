@@ -20,9 +20,8 @@ from components.evaluation.fewshot import draw_keys
 from components.evaluation.official_formats import (
     FormatError,
     load_caption_annotations,
-    load_vqa_annotations,
-    load_vqa_questions,
     read_json,
+    vqa_questions,
 )
 
 __all__ = ["Shot", "SupportSet", "caption_support", "coco_file_names", "image_file",
@@ -91,16 +90,8 @@ def _most_common(ann: dict) -> str:
 def vqa_support(annotations: str | Path, questions: str | Path | None, images: str | Path,
                 image_pattern: str, k: int, *, seed: int = 0) -> SupportSet:
     """Support shots from a VQAv2 / OK-VQA (+ questions) or TextVQA file pair."""
-    anns = load_vqa_annotations(annotations)["annotations"]
-    by_id = ({q["question_id"]: q for q in load_vqa_questions(questions)["questions"]}
-             if questions else {})
     shots = []
-    for ann in anns:
-        qid = ann["question_id"]
-        q = by_id.get(qid, ann)
-        if not isinstance(q.get("question"), str) or q.get("image_id") is None:
-            raise FormatError(f"{annotations}: support question_id {qid!r} has no question text "
-                              "and image_id: give the suite `support_questions`")
+    for qid, q, ann in vqa_questions(annotations, questions, "support "):
         shots.append(Shot(str(qid), q["question"], _most_common(ann),
                           image_file(images, image_pattern, q["image_id"])))
     return SupportSet(shots, k, seed=seed, source=str(annotations))

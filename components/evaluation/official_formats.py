@@ -21,7 +21,7 @@ Unlike the official tools, a duplicate result is an error, not "last one wins".
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,6 +231,24 @@ def load_vqa_annotations(path: str | Path) -> dict[str, Any]:
 
 def load_vqa_questions(path: str | Path) -> dict[str, Any]:
     return check_vqa_questions(read_json(path), str(path))
+
+
+def vqa_questions(annotations: str | Path, questions: str | Path | None, role: str = "") -> Iterator[
+        tuple[Any, dict[str, Any], dict[str, Any]]]:
+    """(question_id, question record, annotation) per annotation of a VQA file pair; the question
+    text and image id come from ``questions`` when given, else from the annotation itself
+    (TextVQA). ``role`` names the file in the error (e.g. "support ")."""
+    anns = load_vqa_annotations(annotations)["annotations"]
+    by_id = ({q["question_id"]: q for q in load_vqa_questions(questions)["questions"]}
+             if questions else {})
+    for ann in anns:
+        qid = ann["question_id"]
+        q = by_id.get(qid, ann)
+        if not isinstance(q.get("question"), str) or q.get("image_id") is None:
+            raise FormatError(f"{annotations}: {role}question_id {qid!r} has no question text and "
+                              f"image_id: give the suite `{role.strip() + '_' if role else ''}"
+                              "questions`")
+        yield qid, q, ann
 
 
 def load_vqa_results(path: str | Path) -> list[dict[str, Any]]:

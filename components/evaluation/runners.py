@@ -126,23 +126,11 @@ def _write_results(results: list[dict], folder: Path) -> Path:
 def run_official_vqa(spec: SuiteSpec, model, encoder, *, max_new_tokens: int,
                      batch_size: int) -> BenchmarkResult:
     from components.data.sample import user_turn
-    from components.evaluation.official_formats import (
-        FormatError,
-        load_vqa_annotations,
-        load_vqa_questions,
-    )
+    from components.evaluation.official_formats import vqa_questions
 
-    anns = load_vqa_annotations(spec.annotations)["annotations"]
-    by_id = ({q["question_id"]: q for q in load_vqa_questions(spec.questions)["questions"]}
-             if spec.questions else {})
     support = _support(spec)
     jobs, meta = [], []
-    for ann in anns:
-        qid = ann["question_id"]
-        q = by_id.get(qid, ann)
-        if not isinstance(q.get("question"), str) or q.get("image_id") is None:
-            raise FormatError(f"{spec.annotations}: question_id {qid!r} has no question text and "
-                              "image_id: give the suite a `questions` file")
+    for qid, q, ann in vqa_questions(spec.annotations, spec.questions):
         messages, shots = _with_shots(support, qid, user_turn(q["question"], 1))
         jobs.append((messages, (q["image_id"], f"question_id {qid!r}", shots)))
         meta.append((qid, q["question"], list(dict.fromkeys(a["answer"] for a in ann["answers"]))))
