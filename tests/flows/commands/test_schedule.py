@@ -122,6 +122,7 @@ def _server_env(home: Path) -> dict[str, str]:
     return base
 
 
+@pytest.mark.slow  # a second Prefect server and a real schedule: ~1 min (make test-slow)
 def test_a_served_flow_runs_on_its_interval_schedule_on_a_real_server(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName

@@ -45,6 +45,7 @@ def test_dask_shards_are_byte_identical_to_serial(serial, tmp_path):
     assert "train/scenes_vqa-0001.tar" in got and "manifests/test.jsonl" in got
 
 
+@pytest.mark.slow  # a Dask cluster under Prefect: ~35 s (make test-slow); the plain Dask test stays
 def test_prefect_dask_fan_out_is_byte_identical_to_serial(serial, tmp_path):
     pytest.importorskip("prefect_dask")
     from flows.stages.data_dask import generate_corpus_dask_flow
