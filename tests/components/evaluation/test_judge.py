@@ -6,8 +6,6 @@ the OpenAI-compatible HTTP backend against a canned local server."""
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -24,6 +22,7 @@ from components.evaluation.judge import (
     rating_score,
 )
 from components.evaluation.judge_backends import LocalJudge, OpenAIJudge, make_judge
+from tests.components.evaluation.chat_server import ChatServer
 
 
 @pytest.mark.parametrize(("output", "rating"), [
@@ -147,53 +146,25 @@ def test_judge_rejects_bad_input(tiny_judge_dir, tmp_path):
         judge.judge([ITEMS[0], JudgeItem("Q?", (), "a")])
 
 
-class _CannedChatServer:
+class _CannedChatServer(ChatServer):
     """An OpenAI-compatible ``/v1/chat/completions`` on 127.0.0.1 (free port) that answers
     from ``replies`` (candidate answer -> completion text, or an int HTTP status) and records
     every request (path, headers, JSON body)."""
 
     def __init__(self, replies: dict[str, str | int]):
+        super().__init__()
         self.replies = replies
         self.requests: list[dict] = []
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "headers": dict(self.headers),
-                                        "body": body})
-                prompt = body["messages"][-1]["content"]
-                candidate = prompt.rsplit("Candidate answer: '", 1)[1].split("'\n", 1)[0]
-                reply = server.replies.get(candidate, 500)
-                if self.path != "/v1/chat/completions" or isinstance(reply, int):
-                    status = 404 if isinstance(reply, str) else reply
-                    payload = json.dumps({"error": {"message": "canned failure"}}).encode()
-                else:
-                    status = 200
-                    payload = json.dumps({"object": "chat.completion", "choices": [
-                        {"index": 0, "message": {"role": "assistant", "content": reply},
-                         "finish_reason": "stop"}]}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+    def answer(self, path, headers, body):
+        self.requests.append({"path": path, "headers": headers, "body": body})
+        prompt = body["messages"][-1]["content"]
+        candidate = prompt.rsplit("Candidate answer: '", 1)[1].split("'\n", 1)[0]
+        reply = self.replies.get(candidate, 500)
+        if path != "/v1/chat/completions" or isinstance(reply, int):
+            return (404 if isinstance(reply, str) else reply), {"error": {"message": "canned failure"}}
+        return 200, {"object": "chat.completion", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}]}
 
 
 HTTP_ITEMS = [

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -23,51 +21,27 @@ from components.evaluation.judge_records import (
     replay,
 )
 from components.evaluation.suites import JudgeSpec
+from tests.components.evaluation.chat_server import ChatServer
 
 USAGE = {"prompt_tokens": 100, "completion_tokens": 5}
 
 
-class CountingJudgeServer:
+class CountingJudgeServer(ChatServer):
     """``/v1/chat/completions`` on 127.0.0.1: rating 3 when the candidate contains a reference,
     else 1 (its model name in the rationale), with ``usage``; counts requests per model."""
 
     def __init__(self):
+        super().__init__()
         self.calls: list[str] = []
-        server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.calls.append(body["model"])
-                prompt = body["messages"][0]["content"].rsplit("Question:", 1)[1]
-                refs = re.findall(r"'([^']*)'", prompt.split("Reference answers:")[1]
-                                  .split("\n")[0])
-                candidate = prompt.rsplit("Candidate answer: '", 1)[1].split("'\n")[0]
-                rating = 3 if any(r in candidate for r in refs) else 1
-                payload = json.dumps({"choices": [{"message": {
-                    "content": f"{body['model']} says so. So rating={rating}"}}],
-                    "usage": USAGE}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+    def answer(self, path, headers, body):
+        self.calls.append(body["model"])
+        prompt = body["messages"][0]["content"].rsplit("Question:", 1)[1]
+        refs = re.findall(r"'([^']*)'", prompt.split("Reference answers:")[1].split("\n")[0])
+        candidate = prompt.rsplit("Candidate answer: '", 1)[1].split("'\n")[0]
+        rating = 3 if any(r in candidate for r in refs) else 1
+        return 200, {"choices": [{"message": {
+            "content": f"{body['model']} says so. So rating={rating}"}}], "usage": USAGE}
 
 
 @pytest.fixture
