@@ -32,7 +32,7 @@ postgres:
 	  echo "postgresql not available: the MLflow-on-PostgreSQL test will skip"
 
 test-distributed: install
-	$(BIN)/pytest -q tests/components/training/test_distributed.py tests/flows/stages/test_launch.py tests/infra
+	$(BIN)/pytest -q -m 'slow or not slow' tests/components/training/test_distributed.py tests/components/training/test_fsdp.py tests/flows/stages/test_launch.py tests/infra
 
 test-slow: install postgres chromium
 	$(BIN)/pytest -q -m slow

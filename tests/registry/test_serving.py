@@ -189,6 +189,7 @@ def _sphinx_dir(tokenizer, tmp_path: Path) -> Path:
     return save_vlm(model.eval(), processor, tmp_path / "vlm")
 
 
+@pytest.mark.slow  # a server per architecture, ~30 s (make test-slow)
 def test_every_architecture_answers_behind_the_server(home: Path, tokenizer, tmp_path: Path) -> None:
     """idefics3, llava, idefics2, idefics (Flamingo) and SPHINX-fused llava, each registered and
     served by `mlflow models serve` (all servers at once), answer a request."""

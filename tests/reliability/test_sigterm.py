@@ -166,7 +166,8 @@ def assert_stopped(cmd: Command, rc: int, seconds: float, sig: int = signal.SIGT
 @pytest.mark.parametrize(("mode", "sig", "whole_group"), [
     ("engine", signal.SIGTERM, False),  # the command owns SIGTERM, as Prefect in a flow run
     ("plain", signal.SIGINT, True),     # Ctrl-C: the terminal signals the whole group
-    ("stuck", signal.SIGTERM, False),   # the command ignores the stop: the watchdog ends it
+    pytest.param("stuck", signal.SIGTERM, False,  # the command ignores the stop: the watchdog
+                 marks=pytest.mark.slow),           # ends it (~30 s)
     pytest.param("plain", signal.SIGTERM, False, marks=pytest.mark.slow),
     pytest.param("engine", signal.SIGTERM, True, marks=pytest.mark.slow),  # systemd: every process
 ])

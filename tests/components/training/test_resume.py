@@ -148,6 +148,7 @@ def test_wsd_schedule_warms_up_holds_then_decays_to_zero():
     assert warmup_cosine(99, 5, 100) < 1e-3 < warmup_cosine(50, 5, 100) < 1.0
 
 
+@pytest.mark.slow  # 2 processes killed and resumed, ~20 s (make test-slow)
 def test_two_process_ddp_run_resumes_bit_identically(tmp_path):
     """2 gloo ranks: a full run checkpoints at steps 4 and 6; a second run given only the step-4
     checkpoint resumes there and ends with the same weights and losses on both ranks."""

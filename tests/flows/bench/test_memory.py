@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from components.recipe import parse_stage
 from flows.bench.memory import SETTINGS, stage_section, table
 from flows.commands.bench import BENCHES
@@ -18,6 +20,7 @@ def test_every_setting_is_a_valid_stage_with_a_baseline_of_its_kind():
     assert {"sft_full_checkpointing", "align_full_cached"} <= set(SETTINGS)
 
 
+@pytest.mark.slow  # a process per setting, ~27 s (make test-slow)
 def test_the_bench_measures_each_setting_in_its_own_process(monkeypatch, capsys):
     import flows.bench.memory as bench
 

@@ -58,6 +58,7 @@ def test_stage_target_and_launch_command():
     assert cmd[-len(target):] == target
 
 
+@pytest.mark.slow  # 2 launched processes, ~25 s (make test-slow)
 def test_launch_task_runs_two_ranks_and_fails_the_task_on_error(tmp_path):
     from prefect import flow
 
@@ -107,6 +108,7 @@ def _launch_recipe(tmp_path: Path, name: str = "micro-launch") -> Path:
     return path
 
 
+@pytest.mark.slow  # 2 launched processes through a whole SFT stage, ~50 s (make test-slow)
 def test_launched_sft_with_eval_every_registers_under_the_key_both_ranks_compute(tmp_path):
     """micro recipe: data, backbones and pretrain inline, then an SFT stage with eval_every on
     2 gloo ranks. On main before the fix the follower keyed the stage with eval_every in it,
