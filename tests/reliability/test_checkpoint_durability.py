@@ -104,6 +104,7 @@ def test_files_and_directories_are_fsynced_before_the_rename(tmp_path):
     assert str(ckpt) in after, "the rename itself was not made durable (parent fsync)"
 
 
+@pytest.mark.slow  # kills at every point of a re-save, ~17 s (make test-slow)
 def test_resaving_an_existing_step_never_leaves_neither_checkpoint(tmp_path):
     """Step 4's checkpoint is corrupt, so the re-run resumes from step 2 and saves step 4
     again over the existing directory."""
