@@ -162,22 +162,6 @@ def test_a_record_missing_a_file_is_refused(server, tmp_path):
     assert judge_rows(spec_for(server), [ROWS[3]], tmp_path) == ({}, None)  # captions only
 
 
-@pytest.fixture(scope="module")
-def tiny_judge_dir(tokenizer, tmp_path_factory):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=2048, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    out = tmp_path_factory.mktemp("judge")
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def test_a_local_judge_records_its_weights_and_tokenizer_counts(tiny_judge_dir, tmp_path):
     spec = JudgeSpec(model=str(tiny_judge_dir), max_new_tokens=6, batch_size=2, max_calls=3,
                      price_per_1k_tokens=2.0)
