@@ -32,7 +32,8 @@ def _tokenizer(args: argparse.Namespace) -> dict[str, object]:
 
     params = load_data_params(args.params)
     start = time.perf_counter()
-    tok = train_tokenizer(corpus_texts(args.shards, args.split), params.vocab_size, args.out)
+    tok = train_tokenizer(corpus_texts(args.shards, args.split), params.vocab_size, args.out,
+                          split_digits=params.split_digits)
     return {
         "out": args.out,
         "vocab_size": len(tok),

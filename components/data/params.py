@@ -40,6 +40,7 @@ class DataParams(BaseModel):
     image_size: int = Field(64, ge=16, le=2048)
     shard_size: int = Field(500, gt=0)
     vocab_size: int = Field(1024, ge=384)
+    split_digits: bool = False  # the tokenizer gives every digit its own token (as Llama's does)
     splits: dict[str, dict[str, int]] = Field(
         default_factory=lambda: {k: dict(v) for k, v in DEFAULT_SPLITS.items()}
     )

@@ -32,11 +32,13 @@ ASSISTANT_HEADER = "<|im_start|>assistant\n"
 
 
 def train_tokenizer(
-    texts: Iterable[str], vocab_size: int, out_dir: str | Path | None = None
+    texts: Iterable[str], vocab_size: int, out_dir: str | Path | None = None, *,
+    split_digits: bool = False,
 ) -> PreTrainedTokenizerFast:
     """Train byte-level BPE on ``texts``; wrap for transformers; save to ``out_dir`` if given.
 
     Special tokens take ids 0.. in ``SPECIAL_TOKENS`` order; encoding adds no bos/eos.
+    ``split_digits``: no merge spans two digits, so a number is read out one digit at a time.
     """
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(
@@ -44,7 +46,10 @@ def train_tokenizer(
             "(256 byte symbols + special tokens)"
         )
     backend = Tokenizer(models.BPE(unk_token=UNK))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits else byte_level)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

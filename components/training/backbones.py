@@ -72,7 +72,10 @@ class SiglipObjective:
         text_emb = model.text_model(input_ids=batch["input_ids"]).pooler_output
         negatives = batch.get("negative_ids")
         negative_emb = None if negatives is None else model.text_model(input_ids=negatives).pooler_output
-        loss = siglip_loss(image_emb, text_emb, model.logit_scale, model.logit_bias, negative_emb)
+        ids = batch["input_ids"]
+        same_text = (ids[:, None, :] == ids[None, :, :]).all(-1)
+        loss = siglip_loss(image_emb, text_emb, model.logit_scale, model.logit_bias, negative_emb,
+                           same_text)
         return loss, {}
 
 
@@ -171,8 +174,8 @@ def train_language_model(
     return train(model, batches, settings, on_log=on_log, seed=seed)
 
 
-PAIR_SOURCES = ("scenes_caption", "scenes_vqa", "ocr")  # synthetic sources with image texts
-CHAT_SOURCES = ("scenes_caption", "scenes_vqa", "ocr", "text")  # the LM's synthetic corpus
+PAIR_SOURCES = ("scenes_caption", "scenes_vqa", "ocr", "digits", "digits_large")  # synthetic sources with image texts
+CHAT_SOURCES = ("scenes_caption", "scenes_vqa", "ocr", "digits", "digits_large", "text")  # the LM's synthetic corpus
 
 
 def _sources(shards: Path, split: str, synthetic: tuple[str, ...]) -> list[str]:

@@ -197,17 +197,23 @@ class PreferenceObjective:
 
 
 def siglip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
-                negative_emb: torch.Tensor | None = None) -> torch.Tensor:
+                negative_emb: torch.Tensor | None = None, same_text: torch.Tensor | None = None,
+                ) -> torch.Tensor:
     """Sigmoid pairwise loss of SigLIP: matching pairs positive, every other pair negative.
 
     `negative_emb` adds hard-negative texts (one per image, NegCLIP-style) as extra
-    columns that are negatives for every image.
+    columns that are negatives for every image. `same_text` (B, B, bool) marks pairs whose
+    captions are identical: they are positives too (with few distinct captions, as printed
+    digits have, calling them negatives keeps the loss at its chance plateau).
     """
     image_emb = F.normalize(image_emb, dim=-1)
     texts = text_emb if negative_emb is None else torch.cat([text_emb, negative_emb])
     logits = image_emb @ F.normalize(texts, dim=-1).T * scale.exp() + bias
     labels = -torch.ones_like(logits)
-    labels[:, : len(image_emb)] += 2 * torch.eye(len(image_emb), device=logits.device)
+    positives = torch.eye(len(image_emb), dtype=torch.bool, device=logits.device)
+    if same_text is not None:
+        positives = positives | same_text
+    labels[:, : len(image_emb)] += 2 * positives
     return -F.logsigmoid(labels * logits).sum() / len(logits)
 
 

@@ -110,7 +110,8 @@ def bench_loader(recipe_path: str = "configs/tiny.yaml", longest_edge: int = 64,
         "shard_size": max(1, per_source // 2)})
     with tempfile.TemporaryDirectory(prefix="vlmforge-bench-loader-") as tmp:
         generate_corpus(params, tmp, workers=workers)
-        tokenizer = train_tokenizer(corpus_texts(tmp, "train"), recipe.data.vocab_size)
+        tokenizer = train_tokenizer(corpus_texts(tmp, "train"), recipe.data.vocab_size,
+                                    split_digits=recipe.data.split_digits)
         model, encoder = tiny_model_and_encoder(recipe, stage, tokenizer)
         loader_sps, loader_cpu, ready = loader_rate(Path(tmp), stage, encoder, recipe.seed, batches)
     training_sps, training_cpu = training_rate(model, stage, ready, steps)

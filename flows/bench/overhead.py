@@ -47,7 +47,7 @@ def tiny_setup(scale_factor: int, image_px: int = 64, batch_size: int = 16, n_ba
     n = batch_size * n_batches
     samples = list(generate_samples("scenes_vqa", seed, "train", 0, n, image_size=image_px))
     texts = [f"{m['role']}\n{message_text(m)}" for s in samples for m in s.record["messages"]]
-    tokenizer = train_tokenizer(texts, recipe.data.vocab_size)
+    tokenizer = train_tokenizer(texts, recipe.data.vocab_size, split_digits=recipe.data.split_digits)
     # the trainable groups of the recipe's first stage at this resolution (pretrain-64px)
     stage = next((s for s in recipe.stages if s.longest_edge == image_px), recipe.stages[-1])
     stage = stage.model_copy(update={"longest_edge": image_px})

@@ -29,7 +29,8 @@ def bench_packing(recipe_path: str = "configs/tiny.yaml", per_source: int = 128,
         "shard_size": per_source})
     with tempfile.TemporaryDirectory(prefix="vlmforge-bench-packing-") as tmp:
         generate_corpus(params, tmp)
-        tokenizer = train_tokenizer(corpus_texts(tmp, "train"), recipe.data.vocab_size)
+        tokenizer = train_tokenizer(corpus_texts(tmp, "train"), recipe.data.vocab_size,
+                                    split_digits=recipe.data.split_digits)
         _, encoder = tiny_model_and_encoder(recipe, stage, tokenizer)
         stream = sample_stream(Path(tmp), stage.sources, recipe.seed, stage.text_ratio, stage.mixture)
         encoded = [encoder.encode(s.record["messages"], s.images) for s in islice(stream, samples)]

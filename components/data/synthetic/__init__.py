@@ -32,6 +32,8 @@ FAMILIES: dict[str, Family] = {
     "scenes_alt_caption": Family("scenes_alt", "generate", "caption"),
     "scenes_relations": Family("scenes_relations", "generate", "vqa"),
     "ocr_wild": Family("ocr_wild", "generate", "ocr"),
+    "digits": Family("digits", "generate", "ocr"),
+    "digits_large": Family("digits", "generate_large", "ocr"),
     "documents": Family("documents", "generate", "document"),
     "charts": Family("charts", "generate", "chart"),
     "tables": Family("tables", "generate", "table"),

@@ -132,3 +132,16 @@ def test_corpus_texts_and_tokenizer_cli(tmp_path: Path, capsys: pytest.CaptureFi
     )
     assert json.loads(capsys.readouterr().out)["out"] == str(tmp_path / "tok")
     assert AutoTokenizer.from_pretrained(tmp_path / "tok").chat_template == CHAT_TEMPLATE
+
+
+def test_split_digits_reads_a_number_out_one_token_per_digit(tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    corpus = ["What number is written in the image? 672 and 1234"] * 50
+    merged = train_tokenizer(corpus, 400)
+    split = train_tokenizer(corpus, 400, tmp_path, split_digits=True)
+    assert any(len(t.strip("Ġ")) > 1 and t.strip("Ġ").isdigit() for t in merged.tokenize("672 1234"))
+    for tok in (split, AutoTokenizer.from_pretrained(tmp_path)):
+        assert [t for t in tok.tokenize("672 1234") if t != "Ġ"] == list("6721234")
+        assert tok.decode(tok("read 0907 now").input_ids) == "read 0907 now"
+        assert tok.tokenize("number")  == merged.tokenize("number")  # words merge as before

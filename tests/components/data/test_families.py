@@ -153,6 +153,27 @@ def test_ocr_wild_uses_many_fonts_backgrounds_and_rotations() -> None:
             assert max(contrast_ratio(bg, x) for x in lum) >= 0.7 * MIN_CONTRAST, s.key
 
 
+def test_digits_print_the_answer_small_and_dark_anywhere_on_a_light_page() -> None:
+    from components.data.synthetic.digits import GLYPH_PX, MARGIN, PROMPT
+
+    samples = [generate_sample("digits", 0, "train", i) for i in range(80)]
+    assert {len(s.record["answers"][0]) for s in samples} == {1, 2, 3}
+    assert len({s.record["font"] for s in samples}) >= 3
+    lefts = []
+    for s in samples:
+        answer = s.record["answers"][0]
+        assert answer.isdigit() and message_text(s.record["messages"][1]) == answer
+        assert message_text(s.record["messages"][0]) == PROMPT
+        pixels = np.asarray(s.images[0]).astype(int)
+        ink = pixels.max(-1) < min(s.record["paper"]) - 60  # dark strokes on the light page
+        ys, xs = np.nonzero(ink)
+        assert len(ys), s.key
+        assert GLYPH_PX[0] - 3 <= ys.max() - ys.min() + 1 <= GLYPH_PX[1], s.key
+        assert MARGIN - 1 <= min(xs.min(), ys.min()) and max(xs.max(), ys.max()) <= 64 - MARGIN
+        lefts.append(xs.min())
+    assert max(lefts) - min(lefts) > 30  # placed anywhere, not centred
+
+
 def test_document_text_is_really_in_the_pdf_and_answers_quote_it() -> None:
     import pypdfium2 as pdfium
 

@@ -103,6 +103,19 @@ def test_siglip_loss_prefers_matching_pairs():
     assert good < bad
 
 
+def test_siglip_loss_counts_identical_captions_as_positives():
+    # images 0 and 1 share a caption: both texts are theirs, so matching image 0 to text 1
+    # is rewarded, not punished, and the loss of a model that does so is the lower one
+    images = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    texts = images.clone()
+    same = torch.tensor([[True, True, False], [True, True, False], [False, False, True]])
+    scale, bias = torch.tensor(math.log(10.0)), torch.tensor(-5.0)
+    with_dupes = siglip_loss(images, texts, scale, bias, same_text=same)
+    as_negatives = siglip_loss(images, texts, scale, bias)
+    assert with_dupes < as_negatives
+    assert siglip_loss(images, texts, scale, bias, same_text=torch.eye(3, dtype=torch.bool)) == as_negatives
+
+
 def test_drop_patches_keeps_a_fraction_of_real_tokens():
     tokens = torch.arange(2 * 16 * 3, dtype=torch.float).view(2, 16, 3)
     kept = drop_patches(tokens, 0.25, torch.Generator().manual_seed(0))
