@@ -15,9 +15,10 @@ import random
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from components.data.sample import Sample, assistant_turn, user_turn
+from components.data.sample import Sample
 from components.data.synthetic.fonts import available_fonts, load_font
-from components.data.synthetic.rng import numpy_rng, sample_key, sample_rng
+from components.data.synthetic.ocr import reading_sample
+from components.data.synthetic.rng import numpy_rng, sample_rng
 
 SOURCE = "digits"
 LARGE_SOURCE = "digits_large"
@@ -66,14 +67,7 @@ def _sample(source: str, seed: int, index: int, split: str, image_size: int, max
     rng = sample_rng(seed, split, source, index)
     text = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, max_digits)))
     image, meta = render(rng, text, image_size, glyph_px)
-    record = {
-        "task": "ocr",
-        "source": source,
-        "messages": [user_turn(PROMPT, 1), assistant_turn(text)],
-        "answers": [text],
-        **meta,
-    }
-    return Sample(sample_key(source, split, index), [image], record)
+    return reading_sample(source, split, index, PROMPT, text, image, meta)
 
 
 def render(rng: random.Random, text: str, image_size: int, glyph_px: tuple[int, int] = GLYPH_PX

@@ -147,11 +147,17 @@ def generate(seed: int, index: int, split: str, image_size: int = 64) -> Sample:
     rng = sample_rng(seed, split, SOURCE, index)
     text = sample_text(rng)
     image, meta = render_text(rng, text, image_size)
+    return reading_sample(SOURCE, split, index, PROMPT, text, image, meta)
+
+
+def reading_sample(source: str, split: str, index: int, prompt: str, text: str,
+                   image: Image.Image, meta: dict[str, object]) -> Sample:
+    """An OCR sample: ``prompt`` about ``image`` -> ``text``, the renderer's ``meta`` kept."""
     record = {
         "task": "ocr",
-        "source": SOURCE,
-        "messages": [user_turn(PROMPT, 1), assistant_turn(text)],
+        "source": source,
+        "messages": [user_turn(prompt, 1), assistant_turn(text)],
         "answers": [text],
         **meta,
     }
-    return Sample(sample_key(SOURCE, split, index), [image], record)
+    return Sample(sample_key(source, split, index), [image], record)
