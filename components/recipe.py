@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from components.data.params import DataParams
 from components.data.synthetic import SOURCE_TASK, SOURCES, TEXT_ONLY_SOURCES
@@ -80,7 +88,8 @@ MONITORING = ("checkpoint_every", "keep_checkpoints", "eval_every")
 
 
 class VisionBackbone(_Strict):
-    """The tiny vision tower, trained contrastively (SigLIP loss, optional FLIP patch dropping)."""
+    """The tiny vision tower, trained contrastively (SigLIP loss, optional FLIP patch dropping):
+    SigLIP-shaped, or CLIP-shaped with ``config.model_type: clip_vision_model``."""
 
     registered_model: SafeName = "vision-tiny"
     config: dict[str, Any] = Field(default_factory=dict)
@@ -88,6 +97,15 @@ class VisionBackbone(_Strict):
     patch_keep: float = Field(1.0, gt=0, le=1)
     hard_negatives: bool = True  # NegCLIP-style: a binding-swapped caption per image
     train: TrainSettings = TrainSettings(steps=300, batch_size=64, lr=1e-3)
+
+    @field_validator("config")
+    @classmethod
+    def _tower_type(cls, config: dict[str, Any]) -> dict[str, Any]:
+        kind = config.get("model_type", "siglip_vision_model")
+        if kind not in ("siglip_vision_model", "clip_vision_model"):
+            raise ValueError(f"backbones.vision.config.model_type {kind!r}: the tiny tower is "
+                             "siglip_vision_model or clip_vision_model")
+        return config
 
 
 class TextBackbone(_Strict):

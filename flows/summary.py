@@ -26,15 +26,19 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
 
 def render(rows: list[Row], scores: dict[str, float], champion: str | None, model_name: str,
            promotion: str, data_version: str, wall: float, per_stage: str = "") -> str:
-    header = f"{'stage':<22}{'mlflow run':<34}{'version':<16}{'trainable':>11}{'wall s':>8}  metrics"
+    stage_w = max([20, *(len(r.stage) for r in rows)]) + 2  # columns fit their longest entry
+    version_w = max([14, *(len(r.version) for r in rows)]) + 2
+    header = (f"{'stage':<{stage_w}}{'mlflow run':<34}{'version':<{version_w}}{'trainable':>11}"
+              f"{'wall s':>8}  metrics")
     lines = ["", f"vlmforge run: {model_name}, data version {data_version}, {wall:.0f}s wall", "",
              header, "-" * len(header)]
     for r in rows:
         wall_s = "cached" if r.cached else f"{r.seconds:.0f}"
-        lines.append(f"{r.stage:<22}{(r.run_id or '-'):<34}{r.version:<16}{r.trainable:>11,}"
-                     f"{wall_s:>8}  {_fmt_metrics(r.metrics)}")
+        lines.append(f"{r.stage:<{stage_w}}{(r.run_id or '-'):<34}{r.version:<{version_w}}"
+                     f"{r.trainable:>11,}{wall_s:>8}  {_fmt_metrics(r.metrics)}")
     lines += ["", "benchmark scores (held-out test split; the recipe's suites prefixed with their name):"]
-    lines += [f"  {k:<32}{v:.3f}" for k, v in sorted(scores.items())]
+    key_w = max([30, *map(len, scores)]) + 2
+    lines += [f"  {k:<{key_w}}{v:.3f}" for k, v in sorted(scores.items())]
     if per_stage:
         lines += ["", "every stage on the held-out test split:", per_stage]
     lines += ["", f"registry: models:/{model_name}@champion -> version {champion}  ({promotion})",

@@ -89,13 +89,11 @@ def build_vlm(model_spec: ModelSpec, registered: Mapping[str, str | Path], *, se
     else:
         model = assemble(m, vision, lm, tokenizer, seed=seed)
     if m.standardize_features:
-        from components.model.architectures.idefics3 import standardize_image_features
-
         if not feature_images:
             raise ValueError("standardize_features needs training images")
         pixels = images_to_tensor(feature_images[: m.standardize_features], vision.config.image_size,
                                   stats.mean, stats.std)
-        standardize_image_features(model, pixels)
+        spec_of(model).standardize(model, pixels)
     return model, tokenizer
 
 

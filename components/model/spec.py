@@ -40,7 +40,7 @@ class ModelSpec(BaseModel):
     # llava only: a second vision tower fused per patch (SPHINX), e.g. facebook/dinov2-small
     fusion_vision: str | None = None
     max_length: int = Field(256, gt=0)
-    # idefics3 / idefics2: training images whose tower outputs standardise the image
+    # idefics3 / idefics2 / llava: training images whose tower outputs standardise the image
     # features (0: off)
     standardize_features: int = Field(0, ge=0)
 

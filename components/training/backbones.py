@@ -1,9 +1,11 @@
-"""Pre-train the tiny unimodal backbones: a SigLIP vision tower and a Llama LM.
+"""Pre-train the tiny unimodal backbones: a vision tower and a Llama LM.
 
 No pre-trained weights can be downloaded for the tiny recipe, and a ViT trained
 only through a VLM's language-model loss collapses (its image tokens become nearly
 identical across images), so the vision tower is first trained contrastively on
 image-caption pairs, as SigLIP is, with FLIP's random patch dropping as an option.
+The tower is SigLIP-shaped, or CLIP-shaped (CLS token, pre-encoder LayerNorm: what the
+Flamingo-style `idefics` architecture holds) with the same sigmoid loss.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from PIL import Image
 from torch import nn
 from transformers import (
+    CLIPVisionConfig,
+    CLIPVisionModel,
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
     SiglipConfig,
@@ -63,12 +67,8 @@ class SiglipObjective:
         self.generator = torch.Generator().manual_seed(seed)
 
     def __call__(self, model: SiglipModel, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        vision = model.vision_model
-        tokens = vision.embeddings(batch["pixel_values"])
-        if model.training:
-            tokens = drop_patches(tokens, self.patch_keep, self.generator)
-        hidden = vision.post_layernorm(vision.encoder(inputs_embeds=tokens).last_hidden_state)
-        image_emb = _pool(vision, hidden)
+        keep = self.patch_keep if model.training else 1.0
+        image_emb = embed_images(model.vision_model, batch["pixel_values"], keep, self.generator)
         text_emb = model.text_model(input_ids=batch["input_ids"]).pooler_output
         negatives = batch.get("negative_ids")
         negative_emb = None if negatives is None else model.text_model(input_ids=negatives).pooler_output
@@ -79,9 +79,19 @@ class SiglipObjective:
         return loss, {}
 
 
-def _pool(vision, hidden: torch.Tensor) -> torch.Tensor:
-    """SigLIP's attention-pooling head, or the mean of the patch tokens when the tower has
-    no head (then every patch token itself must carry what the caption says)."""
+def embed_images(vision, pixel_values: torch.Tensor, patch_keep: float = 1.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """One embedding per image: a CLIP tower's CLS token, a SigLIP tower's attention-pooling
+    head (or the mean of its patch tokens when it has none, so every patch token must carry
+    what the caption says); only a random ``patch_keep`` fraction of patches is encoded."""
+    tokens = vision.embeddings(pixel_values)
+    if isinstance(vision, CLIPVisionModel):
+        patches = drop_patches(tokens[:, 1:], patch_keep, generator)
+        hidden = torch.cat([tokens[:, :1], patches], dim=1)
+        hidden = vision.encoder(inputs_embeds=vision.pre_layrnorm(hidden)).last_hidden_state
+        return vision.post_layernorm(hidden[:, 0])
+    tokens = drop_patches(tokens, patch_keep, generator)
+    hidden = vision.post_layernorm(vision.encoder(inputs_embeds=tokens).last_hidden_state)
     return vision.head(hidden) if getattr(vision, "use_head", False) else hidden.mean(dim=1)
 
 
@@ -95,22 +105,27 @@ def train_vision_tower(
     *,
     seed: int = 0,
     patch_keep: float = 1.0,
+    clip_vision: CLIPVisionConfig | None = None,
     on_log: LogFn | None = None,
-) -> tuple[SiglipVisionModel, LoopResult, SiglipModel]:
+) -> tuple[SiglipVisionModel | CLIPVisionModel, LoopResult, SiglipModel]:
     """Train a dual-tower SigLIP on the pairs (plus one hard-negative caption per image, if
-    given); return its vision tower as a standalone model."""
+    given), its vision tower CLIP-shaped when ``clip_vision`` is given; return the vision
+    tower as a standalone model."""
     torch.manual_seed(seed)
     model = SiglipModel(model_config)
+    if clip_vision is not None:
+        model.vision_model = CLIPVisionModel(clip_vision)
     with torch.no_grad():
         model.logit_scale.fill_(np.log(10.0))
         model.logit_bias.fill_(-10.0)
     max_len = model_config.text_config.max_position_embeddings
     ids = _caption_ids(tokenizer, captions, max_len)
     negative_ids = None if negatives is None else _caption_ids(tokenizer, negatives, max_len)
-    pixels = images_to_tensor(images, model_config.vision_config.image_size)
+    pixels = images_to_tensor(images, model.vision_model.config.image_size)
     batches = ContrastivePairs(pixels, ids, negative_ids, settings.batch_size, seed)
     result = train(model, batches, settings, SiglipObjective(patch_keep, seed), on_log, seed=seed)
-    vision = SiglipVisionModel(model_config.vision_config)
+    vision = (CLIPVisionModel(clip_vision) if clip_vision is not None
+              else SiglipVisionModel(model_config.vision_config))
     vision.load_state_dict(model.vision_model.state_dict())
     return vision, result, model
 
@@ -128,9 +143,8 @@ def zero_shot_accuracy(model: SiglipModel, images: Sequence[Image.Image], captio
     max_len = model.config.text_config.max_position_embeddings
     ids = _caption_ids(tokenizer, candidates, max_len)
     text = nn.functional.normalize(model.text_model(input_ids=ids).pooler_output, dim=-1)
-    pixels = images_to_tensor(images, model.config.vision_config.image_size)
-    hidden = model.vision_model(pixel_values=pixels).last_hidden_state
-    img = nn.functional.normalize(_pool(model.vision_model, hidden), dim=-1)
+    pixels = images_to_tensor(images, model.vision_model.config.image_size)
+    img = nn.functional.normalize(embed_images(model.vision_model, pixels), dim=-1)
     best = (img @ text.T).argmax(-1)
     truth = torch.tensor([list(candidates).index(c) for c in captions])
     return (best == truth).float().mean().item()

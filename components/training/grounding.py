@@ -4,9 +4,10 @@ A tiny LM learns late, in a sudden transition, to look up "the circle" among ima
 tokens that a randomly initialised connector produces. When the image token of a region
 is the sum of the LM's own input embeddings of the phrase naming it ("red circle"), the
 lookup is the one the LM already does on words, and it learns it in a few hundred steps
-(measured in the README's "Known limits"). This module fits the pixel-shuffle
-connector's linear projection to those targets in closed form (ridge regression over
-the frozen tower's features) on records that say where their objects are.
+(measured in the README's "Known limits"). This module fits the connector's last linear
+layer to those targets in closed form (ridge regression over the frozen tower's features:
+Idefics3's pixel-shuffle projection, or LLaVA's second MLP layer over the first layer's
+fixed random features) on records that say where their objects are.
 
 Region annotations: a record's ``objects`` with a ``quadrant`` (the shape scenes). An image
 token's target is the phrase embedding of the region that contains the centre of the area
@@ -78,11 +79,16 @@ class GroundingFit:
 
 
 def projection_of(model) -> torch.nn.Linear:
-    """The linear projection after pixel shuffle of an Idefics3-style connector."""
-    proj = getattr(getattr(getattr(model.model, "connector", None), "modality_projection", None), "proj", None)
+    """The linear layer the fit sets: the projection after pixel shuffle of an Idefics3-style
+    connector, or the second layer of LLaVA's MLP projector (over the first layer's random
+    features: the standardised tower features through linear_1 and its activation)."""
+    inner = model.model
+    if hasattr(inner, "multi_modal_projector"):
+        return inner.multi_modal_projector.linear_2
+    proj = getattr(getattr(getattr(inner, "connector", None), "modality_projection", None), "proj", None)
     if not isinstance(proj, torch.nn.Linear):
         raise ValueError(f"ground_connector needs an Idefics3-style connector (pixel shuffle, then one "
-                         f"linear projection); {type(model).__name__} has none")
+                         f"linear projection) or a LLaVA projector; {type(model).__name__} has neither")
     return proj
 
 
@@ -105,31 +111,58 @@ class _Moments:
         return 1.0 - residual / (self.yty - float((self.ysum * self.ysum).sum()) / self.total_weight)
 
 
+Tokens = list[tuple[torch.Tensor, list[Box], torch.Tensor]]  # per image: features, boxes, weights
+
+
+def _idefics3_tokens(model, image_processor, images: list[Image.Image]) -> Tokens:
+    """Pixel-shuffled tower features of every tile and the global view. The global view weighs
+    as much as all tiles together: stages at a lower resolution see only the global view, and
+    the fit serves them as well as the tiled ones."""
+    connector, proj = model.model.connector, projection_of(model)
+    vision = model.config.vision_config
+    per_side = (vision.image_size // vision.patch_size) // model.config.scale_factor
+    enc = image_processor([[img] for img in images], return_row_col_info=True, return_tensors="pt")
+    hidden = model.model.vision_model(pixel_values=enc["pixel_values"].flatten(0, 1)).last_hidden_state
+    shuffled = connector.pixel_shuffle(hidden, connector.scale_factor)
+    shuffled = shuffled.reshape(len(images), -1, proj.in_features)  # padding frames come last
+    out = []
+    for x, rows, cols in zip(shuffled, enc["rows"], enc["cols"], strict=True):
+        boxes = token_boxes(rows[0], cols[0], per_side)
+        w = torch.ones(len(boxes), 1, dtype=torch.float64)
+        w[-per_side * per_side:] = max(1, rows[0] * cols[0])
+        out.append((x[:len(boxes)], boxes, w))
+    return out
+
+
+def _llava_tokens(model, image_processor, images: list[Image.Image]) -> Tokens:
+    """LLaVA's one token per patch of the single view, as linear_2 reads it."""
+    config, projector = model.config, model.model.multi_modal_projector
+    pixels = image_processor(images, return_tensors="pt")["pixel_values"]
+    hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
+    features = hidden[config.vision_feature_layer]
+    if config.vision_feature_select_strategy == "default":
+        features = features[:, 1:]
+    x = projector.act(projector.linear_1(features))
+    boxes = token_boxes(0, 0, config.vision_config.image_size // config.vision_config.patch_size)
+    return [(row, boxes, torch.ones(len(boxes), 1, dtype=torch.float64)) for row in x]
+
+
 @torch.no_grad()
 def _moments(model, image_processor, tokenizer, records: Iterable[tuple[Image.Image, dict]],
              chunk: int = 64) -> _Moments:
-    proj, connector, tower = projection_of(model), model.model.connector, model.model.vision_model
+    proj = projection_of(model)
+    tokens_of = _llava_tokens if hasattr(model.model, "multi_modal_projector") else _idefics3_tokens
     embeddings = model.get_input_embeddings().weight.detach().float()
-    vision = model.config.vision_config
-    per_side = (vision.image_size // vision.patch_size) // model.config.scale_factor
     m = _Moments(torch.zeros(proj.in_features, proj.in_features, dtype=torch.float64),
                  torch.zeros(proj.in_features, proj.out_features, dtype=torch.float64),
                  ysum=torch.zeros(proj.out_features, dtype=torch.float64))
     batch: list[tuple[Image.Image, list]] = []
 
     def flush() -> None:
-        enc = image_processor([[img] for img, _ in batch], return_row_col_info=True, return_tensors="pt")
-        hidden = tower(pixel_values=enc["pixel_values"].flatten(0, 1)).last_hidden_state
-        shuffled = connector.pixel_shuffle(hidden, connector.scale_factor)
-        shuffled = shuffled.reshape(len(batch), -1, proj.in_features)  # padding frames come last
-        for (_, annotated), x, rows, cols in zip(batch, shuffled, enc["rows"], enc["cols"], strict=True):
-            boxes = token_boxes(rows[0], cols[0], per_side)
-            x = x[:len(boxes)].double()
+        tokens = tokens_of(model, image_processor, [img for img, _ in batch])
+        for (_, annotated), (x, boxes, w) in zip(batch, tokens, strict=True):
+            x = x.double()
             y = token_targets(annotated, boxes, tokenizer, embeddings).double()
-            # the global view weighs as much as all tiles together: stages at a lower resolution
-            # see only the global view, and the fit serves them as well as the tiled ones
-            w = torch.ones(len(boxes), 1, dtype=torch.float64)
-            w[-per_side * per_side:] = max(1, rows[0] * cols[0])
             m.xtx.add_(x.T @ (w * x))
             m.xty.add_(x.T @ (w * y))
             m.yty += float((w * y * y).sum())

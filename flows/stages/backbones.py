@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from transformers import SiglipConfig
+from transformers import CLIPVisionConfig, SiglipConfig
 
 import registry
 from components.data.version import DataVersion
@@ -82,8 +82,10 @@ def vision_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, fo
         return hit
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(data.tokenizer)
+    tower = dict(spec.config)
+    clip = tower.pop("model_type", "siglip_vision_model") == "clip_vision_model"
     config = SiglipConfig(text_config=tiny_text_tower_config(len(tokenizer), **spec.text_tower).to_dict(),
-                          vision_config=tiny_vision_config(**spec.config).to_dict())
+                          vision_config=tiny_vision_config(**tower).to_dict())
     triples = image_caption_pairs(data.shards, "train", recipe.seed)
     if not triples:
         raise ValueError(f"{spec.registered_model}: no image-caption pairs in the train split: the "
@@ -95,6 +97,7 @@ def vision_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, fo
         vision, result, dual = train_vision_tower(
             images, captions, negatives if spec.hard_negatives else None, tokenizer, config,
             spec.train, seed=recipe.seed, patch_keep=spec.patch_keep,
+            clip_vision=CLIPVisionConfig(**tower) if clip else None,
             on_log=StepLogger(spec.train.steps, f"{recipe.name}-{spec.registered_model}"))
         test = image_caption_pairs(data.shards, "test")[:200]
         test_caps = [c for _, c, _ in test]

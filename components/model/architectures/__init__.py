@@ -53,6 +53,9 @@ class Architecture:
     supports: Features
     # ModelSpec options this architecture reads (the others must stay at their defaults)
     options: tuple[str, ...] = field(default=())
+    # (model, pixel_values) -> None: standardise each image-feature channel over training
+    # images, folded into the weights (`standardize_features`; None where not offered)
+    standardize: Callable[..., None] | None = None
 
 
 _modules = {m.name for m in pkgutil.iter_modules(__path__)}

@@ -21,7 +21,7 @@ from transformers import (
 from transformers.models.idefics2.image_processing_pil_idefics2 import Idefics2ImageProcessorPil
 
 from components.model.architectures import Architecture, Features
-from components.model.architectures.idefics3 import VISION_KEYS
+from components.model.architectures.idefics3 import VISION_KEYS, standardize_image_features
 from components.model.backbones import IMAGE_MEAN, IMAGE_STD
 from components.model.common import (
     check_vocab,
@@ -103,4 +103,5 @@ SPEC = Architecture(
     supports=Features(packing=True, splitting=True),
     options=("resampler_latents", "resampler_depth", "resampler_heads", "resampler_head_dim",
              "standardize_features"),
+    standardize=standardize_image_features,
 )

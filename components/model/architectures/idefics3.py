@@ -160,4 +160,5 @@ SPEC = Architecture(
     card=lambda m: f"pixel-shuffle connector (scale factor {m.scale_factor})",
     supports=Features(packing=True, splitting=True),
     options=("scale_factor", "connector_init", "standardize_features"),
+    standardize=standardize_image_features,
 )

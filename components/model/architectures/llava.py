@@ -72,6 +72,26 @@ def assemble_llava(vision: PreTrainedModel, lm: PreTrainedModel, tokenizer: PreT
     return model
 
 
+@torch.no_grad()
+def standardize_projector_input(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> None:
+    """Fold per-channel standardisation of the tower's features into the projector's first
+    linear layer (LLaVA reads an encoder layer's output, before any final LayerNorm).
+
+    Statistics come from ``pixel_values`` (N, 3, size, size), a sample of training images;
+    afterwards the projector sees every feature channel with mean 0 and variance 1, as its
+    initialisation assumes. The model stays a stock LLaVA (only linear_1 changes)."""
+    inner = model.model
+    hidden = inner.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    features = hidden[model.config.vision_feature_layer]
+    if model.config.vision_feature_select_strategy == "default":
+        features = features[:, 1:]
+    flat = features.reshape(-1, features.shape[-1])
+    mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
+    linear = inner.multi_modal_projector.linear_1
+    linear.bias.sub_(linear.weight @ (mean / std))
+    linear.weight.div_(std)
+
+
 def llava_processor(model, tokenizer: PreTrainedTokenizerBase, longest_edge: int, *,
                     image_mean: Sequence[float] = IMAGE_MEAN,
                     image_std: Sequence[float] = IMAGE_STD) -> LlavaProcessor:
@@ -102,5 +122,6 @@ SPEC = Architecture(
             "text": ("model.language_model.", "lm_head.")},
     card=lambda m: "MLP projector" + (f", fused with {m.fusion_vision}" if m.fusion_vision else ""),
     supports=Features(packing=False, splitting=False),
-    options=("fusion_vision",),
+    options=("fusion_vision", "standardize_features"),
+    standardize=standardize_projector_input,
 )

@@ -84,3 +84,26 @@ def test_loss_falls_with_the_unfreezing_schedule(arch, tokenizer, tmp_path):
         for k, v in text_before.items():
             if k.startswith("model."):
                 assert torch.equal(state[k], v), k
+
+
+@pytest.mark.parametrize("arch", [a for a in ARCHITECTURES if spec(a).standardize])
+@torch.no_grad()
+def test_standardize_features_whitens_what_the_connector_reads(arch, tokenizer, tmp_path):
+    _, _, model, _ = build(arch, tokenizer, tmp_path)
+    model.eval()
+    pixels = torch.randn(16, 3, 32, 32)
+    if arch == "llava":  # folded into the projector: linear_1 sees standardised features
+        linear = model.model.multi_modal_projector.linear_1
+        before = torch.nn.Linear(linear.in_features, linear.out_features)
+        before.load_state_dict(linear.state_dict())
+        feats = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[-1]
+        flat = feats.reshape(-1, feats.shape[-1])
+        spec(arch).standardize(model, pixels)
+        z = (flat - flat.mean(0)) / flat.std(0)
+        assert torch.allclose(linear(flat), before(z), atol=1e-4)
+    else:  # folded into the tower's final LayerNorm: its output is whitened
+        spec(arch).standardize(model, pixels)
+        out = model.model.vision_model(pixel_values=pixels).last_hidden_state
+        flat = out.reshape(-1, out.shape[-1])
+        assert torch.allclose(flat.mean(0), torch.zeros(flat.shape[-1]), atol=1e-4)
+        assert torch.allclose(flat.std(0), torch.ones(flat.shape[-1]), atol=1e-3)

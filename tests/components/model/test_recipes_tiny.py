@@ -48,7 +48,7 @@ def test_tiny_recipe_schedule_trains_micro_model(recipe_name, index, tokenizer, 
     vision, lm = saved_backbones(arch, len(tokenizer), tmp_path)
     lm_before = {k: v.clone() for k, v in lm.state_dict().items()}
     model = assemble(model_spec(arch, cross_layer_interval=2), vision, lm, tokenizer, seed=0)
-    stage = recipe.stages[index]  # tiny-llava's LoRA stage: a micro LM with a frozen head
+    stage = recipe.stages[index]  # tiny-llava: its first stage with gradient steps
     stage = stage.model_copy(update={"train": stage.train.model_copy(update={
         "steps": 20, "batch_size": 8, "lr": 1e-2, "warmup_steps": 1, "log_every": 1})})
     apply_unfreezing(model, stage.unfreeze, lora_rank=stage.lora_rank)
