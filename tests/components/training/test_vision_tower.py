@@ -3,6 +3,8 @@ standalone tower it returns is the tower that trained, and loads the way users l
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from PIL import Image
@@ -31,6 +33,7 @@ def _pairs(n: int):
 
 @pytest.mark.parametrize("shape", ["siglip", "clip"])
 def test_the_tower_learns_captions_and_comes_back_whole(shape, tokenizer, tmp_path):
+    tokenizer = copy.deepcopy(tokenizer)  # padded, truncated encoding leaves the shared one as it was
     images, captions = _pairs(64)
     config = SiglipConfig(text_config=tiny_text_tower_config(
         len(tokenizer), hidden_size=32, intermediate_size=64, num_attention_heads=2,
