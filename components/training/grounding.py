@@ -78,14 +78,17 @@ class GroundingFit:
     heldout_r2: float | None = None  # the same on annotated images the fit never saw
 
 
+def _is_llava(model) -> bool:
+    return hasattr(model.model, "multi_modal_projector")
+
+
 def projection_of(model) -> torch.nn.Linear:
     """The linear layer the fit sets: the projection after pixel shuffle of an Idefics3-style
     connector, or the second layer of LLaVA's MLP projector (over the first layer's random
     features: the standardised tower features through linear_1 and its activation)."""
-    inner = model.model
-    if hasattr(inner, "multi_modal_projector"):
-        return inner.multi_modal_projector.linear_2
-    proj = getattr(getattr(getattr(inner, "connector", None), "modality_projection", None), "proj", None)
+    if _is_llava(model):
+        return model.model.multi_modal_projector.linear_2
+    proj = getattr(getattr(getattr(model.model, "connector", None), "modality_projection", None), "proj", None)
     if not isinstance(proj, torch.nn.Linear):
         raise ValueError(f"ground_connector needs an Idefics3-style connector (pixel shuffle, then one "
                          f"linear projection) or a LLaVA projector; {type(model).__name__} has neither")
@@ -136,14 +139,12 @@ def _idefics3_tokens(model, image_processor, images: list[Image.Image]) -> Token
 
 def _llava_tokens(model, image_processor, images: list[Image.Image]) -> Tokens:
     """LLaVA's one token per patch of the single view, as linear_2 reads it."""
-    config, projector = model.config, model.model.multi_modal_projector
+    from components.model.architectures.llava import patch_features
+
+    vision, projector = model.config.vision_config, model.model.multi_modal_projector
     pixels = image_processor(images, return_tensors="pt")["pixel_values"]
-    hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
-    features = hidden[config.vision_feature_layer]
-    if config.vision_feature_select_strategy == "default":
-        features = features[:, 1:]
-    x = projector.act(projector.linear_1(features))
-    boxes = token_boxes(0, 0, config.vision_config.image_size // config.vision_config.patch_size)
+    x = projector.act(projector.linear_1(patch_features(model, pixels)))
+    boxes = token_boxes(0, 0, vision.image_size // vision.patch_size)
     return [(row, boxes, torch.ones(len(boxes), 1, dtype=torch.float64)) for row in x]
 
 
@@ -151,7 +152,7 @@ def _llava_tokens(model, image_processor, images: list[Image.Image]) -> Tokens:
 def _moments(model, image_processor, tokenizer, records: Iterable[tuple[Image.Image, dict]],
              chunk: int = 64) -> _Moments:
     proj = projection_of(model)
-    tokens_of = _llava_tokens if hasattr(model.model, "multi_modal_projector") else _idefics3_tokens
+    tokens_of = _llava_tokens if _is_llava(model) else _idefics3_tokens
     embeddings = model.get_input_embeddings().weight.detach().float()
     m = _Moments(torch.zeros(proj.in_features, proj.in_features, dtype=torch.float64),
                  torch.zeros(proj.in_features, proj.out_features, dtype=torch.float64),

@@ -72,6 +72,14 @@ def assemble_llava(vision: PreTrainedModel, lm: PreTrainedModel, tokenizer: PreT
     return model
 
 
+def patch_features(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The tower features the projector reads: the configured encoder layer's output, one row
+    per patch (CLIP's CLS token dropped), shape (N, patches, hidden)."""
+    hidden = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    features = hidden[model.config.vision_feature_layer]
+    return features[:, 1:] if model.config.vision_feature_select_strategy == "default" else features
+
+
 @torch.no_grad()
 def standardize_projector_input(model: LlavaForConditionalGeneration, pixel_values: torch.Tensor) -> None:
     """Fold per-channel standardisation of the tower's features into the projector's first
@@ -80,14 +88,10 @@ def standardize_projector_input(model: LlavaForConditionalGeneration, pixel_valu
     Statistics come from ``pixel_values`` (N, 3, size, size), a sample of training images;
     afterwards the projector sees every feature channel with mean 0 and variance 1, as its
     initialisation assumes. The model stays a stock LLaVA (only linear_1 changes)."""
-    inner = model.model
-    hidden = inner.vision_tower(pixel_values, output_hidden_states=True).hidden_states
-    features = hidden[model.config.vision_feature_layer]
-    if model.config.vision_feature_select_strategy == "default":
-        features = features[:, 1:]
+    features = patch_features(model, pixel_values)
     flat = features.reshape(-1, features.shape[-1])
     mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
-    linear = inner.multi_modal_projector.linear_1
+    linear = model.model.multi_modal_projector.linear_1
     linear.bias.sub_(linear.weight @ (mean / std))
     linear.weight.div_(std)
 
