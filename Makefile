@@ -6,16 +6,23 @@ BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: install demo test test-slow test-distributed postgres chromium lint clean stack-up stack-down
+.PHONY: install lock demo test test-slow test-distributed postgres chromium lint clean stack-up stack-down
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt pins every dependency to the tested versions (a new transformers release
+# once changed what the Idefics3 processor counts, between one green run and the next).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_PIN)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
+
+# Re-pin constraints.txt to the current .venv (after an upgrade that passes `make test`).
+lock: install
+	{ sed -n '1,3p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch=='; } > constraints.tmp
+	mv constraints.tmp constraints.txt
 
 demo: install
 	$(BIN)/vlmforge run --recipe configs/tiny.yaml

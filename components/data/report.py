@@ -213,9 +213,10 @@ class ImageTokens:
     """Image tokens of one image of size (w, h) at a stage's resolution, per architecture.
 
     idefics3: the recipe's own processor (`build_processor` with the data's tokenizer, the
-    tower's tile and patch size and the scale factor), asked for its placeholder count
-    (`_get_num_multimodal_tokens`: the tiles, row markers, line breaks and global view it
-    writes). Other architectures: an estimate from the model section: idefics2 `latents`
+    tower's tile and patch size and the scale factor) encodes the image placeholder alone
+    with a blank image of that size: the tiles, row markers, line breaks and global view it
+    writes, as training encodes them (its private `_get_num_multimodal_tokens` changed what
+    it counts between transformers releases). Other architectures: an estimate from the model section: idefics2 `latents`
     per view (the image, plus 4 crops above the tile size) and 2 markers each; llava
     (tile / patch)^2 patches; idefics 1 marker (its image enters by cross-attention)."""
 
@@ -245,8 +246,10 @@ class ImageTokens:
             processor = self._processors.get(longest_edge)
             if processor is None:
                 processor = self._processors[longest_edge] = m.processor(self.tokenizer, longest_edge)
-            counted = processor._get_num_multimodal_tokens(image_sizes=[[size[1], size[0]]])
-            return int(counted["num_image_tokens"][0])
+            blank = Image.new("RGB", size)
+            encoded = processor(text=[processor.image_token], images=[[blank]],
+                                add_special_tokens=False)
+            return len(encoded["input_ids"][0])
         if m.architecture == "idefics3":  # pixel shuffle: (tile / patch / scale)^2 per view
             views = 1 if longest_edge <= m.tile else (longest_edge // m.tile) ** 2 + 1
             return views * (m.tile // m.patch // m.scale_factor) ** 2
