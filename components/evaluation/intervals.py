@@ -435,6 +435,7 @@ def synthetic_table(suite: str, records: Sequence[Mapping], rows: Sequence[Mappi
     CIDEr (per-caption CIDEr-D), CHAIR_s / CHAIR_i / object recall and the pooled
     hallucination rate; ``rows[i]`` answers ``records[i]``. Verified against ``recorded``."""
     from components.evaluation.caption_hallucination import hallucinated_mentions, mentioned_objects
+    from components.evaluation.synthetic_suite import generalisation_groups
     from components.evaluation.yes_no import is_yes
 
     if len(records) != len(rows):
@@ -460,6 +461,7 @@ def synthetic_table(suite: str, records: Sequence[Mapping], rows: Sequence[Mappi
             group = f"vqa_{qtype or rec['source']}" if task == "vqa" else task
             groups = [group] + (["vqa"] if task == "vqa" else [])
             groups += [f"text_{rec['kind']}"] if task == "text" and "kind" in rec else []
+            groups += generalisation_groups(rec)
             for g in groups:
                 v[f"n:{g}"], v[f"c:{g}"] = 1, score
                 b.metrics[f"{prefix}{g}_accuracy"] = ratio(f"c:{g}", f"n:{g}")

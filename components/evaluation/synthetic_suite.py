@@ -46,6 +46,8 @@ def score_predictions(samples: Sequence[Sample], predictions: Sequence[str]) -> 
             per_group[f"vqa_{qtype or rec['source']}" if task == "vqa" else task].append(score)
             if task == "text" and "kind" in rec:
                 per_group[f"text_{rec['kind']}"].append(score)
+            for group in generalisation_groups(rec):
+                per_group[group].append(score)
         if qtype == "existence":
             yes_no_preds.append(pred)
             yes_no_labels.append(not rec["absent"])
@@ -67,6 +69,20 @@ def score_predictions(samples: Sequence[Sample], predictions: Sequence[str]) -> 
         metrics["caption_cider"] = scores["CIDEr"]
     metrics.update(hallucination_metrics(yes_no_preds, yes_no_labels, caption_objects))
     return SuiteResult(metrics, rows)
+
+
+def generalisation_groups(record: dict) -> list[str]:
+    """The seen/unseen groups of a synthetic VQA question: ``phrasing_unseen`` and
+    ``phrasing_unseen_colour`` for a colour question in a held-out phrasing (likewise
+    ``seen``, and ``style_...`` for the image style)."""
+    if record["task"] != "vqa":
+        return []
+    groups = []
+    for factor in ("phrasing", "style"):
+        if factor in record:
+            group = f"{factor}_{record[factor]}"
+            groups += [group, f"{group}_{record['qtype']}"]
+    return groups
 
 
 def hallucination_metrics(yes_no_preds: Sequence[str], yes_no_labels: Sequence[bool],

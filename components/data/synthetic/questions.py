@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from typing import Any
 
-from components.data.synthetic.scene import COLOURS, SHAPES, Scene, indefinite
+from components.data.synthetic.phrasings import CANONICAL_SHARE, phrase
+from components.data.synthetic.scene import COLOURS, SHAPES, Scene
 
 QTYPES: tuple[str, ...] = ("colour", "count", "position", "existence", "shape")
 
@@ -20,10 +22,12 @@ class QA:
     answer: str
     absent: bool | None = None
     negative: str | None = None
+    phrasing: str = "seen"  # "unseen": a held-out phrasing (components/data/synthetic/phrasings.py)
 
     def extra(self) -> dict[str, Any]:
-        """Record keys describing the question: qtype, and absent/negative for existence."""
-        out: dict[str, Any] = {"qtype": self.qtype}
+        """Record keys describing the question: qtype, phrasing, and absent/negative for
+        existence."""
+        out: dict[str, Any] = {"qtype": self.qtype, "phrasing": self.phrasing}
         if self.absent is not None:
             out["absent"] = self.absent
         if self.negative is not None:
@@ -32,16 +36,23 @@ class QA:
 
 
 def stratified(index: int) -> tuple[str, dict[str, bool]]:
-    """Question type and existence polarity fixed by the index, so any run of
-    ``4 * len(QTYPES)`` is balanced (absent objects alternate between hard and random)."""
+    """Question type, existence polarity and phrasing fixed by the index, so any run of
+    ``8 * len(QTYPES)`` is balanced (absent objects alternate between hard and random; each
+    half of the run asks in seen, the other in held-out phrasings)."""
     n = len(QTYPES)
     qtype = QTYPES[index % n]
-    spec: dict[str, bool] = {}
+    spec: dict[str, bool] = {"unseen": (index // (4 * n)) % 2 == 1}
     if qtype == "existence":
         spec["absent"] = (index // n) % 2 == 1
         if spec["absent"]:
             spec["hard"] = (index // (2 * n)) % 2 == 0
     return qtype, spec
+
+
+def held_out_style(index: int) -> bool:
+    """Whether a test question's image is drawn in a held-out style: a quarter of each run of
+    ``32 * len(QTYPES)`` indices, balanced over question type and phrasing."""
+    return (index // (8 * len(QTYPES))) % 4 == 3
 
 
 def absent_combo(scene: Scene, rng: random.Random, hard: bool) -> tuple[str, str]:
@@ -60,53 +71,57 @@ def ask(
     qtype: str,
     absent: bool | None = None,
     hard: bool | None = None,
+    unseen: bool = False,
+    canonical_share: float = 0.0,
 ) -> QA:
-    """One question of ``qtype``; existence polarity and negative kind are random unless given."""
+    """One question of ``qtype`` in a random seen phrasing (``unseen``: a held-out one);
+    existence polarity and negative kind are random unless given."""
+    phrasing = "unseen" if unseen else "seen"
+    say = functools.partial(phrase, qtype, rng, unseen=unseen, canonical_share=canonical_share)
     if qtype == "colour":
         unique = scene.unique_shapes()
         if not unique:
             raise ValueError("colour question needs a shape that occurs exactly once")
         shape = rng.choice(unique)
         colour = next(o.colour for o in scene.objects if o.shape == shape)
-        return QA(qtype, f"What colour is the {shape}?", colour)
+        return QA(qtype, say(shape=shape), colour, phrasing=phrasing)
     if qtype == "shape":
         unique = scene.unique_colours()
         if not unique:
             raise ValueError("shape question needs a colour that occurs exactly once")
         colour = rng.choice(unique)
         shape = next(o.shape for o in scene.objects if o.colour == colour)
-        return QA(qtype, f"What shape is the {colour} object?", shape)
+        return QA(qtype, say(colour=colour), shape, phrasing=phrasing)
     if qtype == "count":
         if rng.random() < 0.75:
             shape = rng.choice(scene.objects).shape
         else:
             shape = rng.choice(SHAPES)
-        return QA(qtype, f"How many {shape}s are there?", str(scene.count(shape)))
+        return QA(qtype, say(shape=shape), str(scene.count(shape)),
+                  phrasing=phrasing)
     if qtype == "position":
         obj = rng.choice(scene.objects)
-        return QA(qtype, f"Where is the {obj.phrase}?", obj.quadrant)
+        question = say(colour=obj.colour, shape=obj.shape)
+        return QA(qtype, question, obj.quadrant, phrasing=phrasing)
     if qtype == "existence":
         if absent is None:
             absent = rng.random() < 0.5
         if not absent:
             obj = rng.choice(scene.objects)
-            return QA(qtype, f"Is there {obj.noun_phrase}?", "yes", absent=False)
+            question = say(colour=obj.colour, shape=obj.shape)
+            return QA(qtype, question, "yes", absent=False, phrasing=phrasing)
         if hard is None:
             hard = rng.random() < 0.5
         colour, shape = absent_combo(scene, rng, hard)
         negative = "hard" if hard else "random"
-        return QA(
-            qtype,
-            f"Is there {indefinite(f'{colour} {shape}')}?",
-            "no",
-            absent=True,
-            negative=negative,
-        )
+        question = say(colour=colour, shape=shape)
+        return QA(qtype, question, "no", absent=True, negative=negative, phrasing=phrasing)
     raise ValueError(f"unknown question type {qtype!r}; expected one of {list(QTYPES)}")
 
 
 def conversation(scene: Scene, rng: random.Random, n_turns: int) -> list[QA]:
-    """``n_turns`` distinct questions of mixed types about one scene."""
+    """``n_turns`` distinct questions of mixed types about one scene, ``CANONICAL_SHARE`` of
+    them in the canonical phrasing."""
     allowed = [q for q in QTYPES
                if (q != "colour" or scene.unique_shapes()) and (q != "shape" or scene.unique_colours())]
     plan = rng.sample(allowed, len(allowed))
@@ -114,9 +129,9 @@ def conversation(scene: Scene, rng: random.Random, n_turns: int) -> list[QA]:
     seen: set[str] = set()
     while len(out) < n_turns:
         qtype = plan[len(out)] if len(out) < len(plan) else rng.choice(allowed)
-        qa = ask(scene, rng, qtype)
+        qa = ask(scene, rng, qtype, canonical_share=CANONICAL_SHARE)
         if qa.question in seen:
-            qa = ask(scene, rng, "existence")
+            qa = ask(scene, rng, "existence", canonical_share=CANONICAL_SHARE)
             if qa.question in seen:
                 continue
         seen.add(qa.question)

@@ -28,6 +28,18 @@ BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
     (230, 242, 232),
 )
 NUMBER_WORDS = ("no", "one", "two", "three")
+# an object's side as a share of the canvas, uniform in the range
+SIZES: tuple[float, float] = (0.30, 0.38)
+# an image style only the test split draws: page tints, larger objects and a canvas size
+# (HELD_OUT_CANVAS x image_size) that training never draws
+HELD_OUT_BACKGROUNDS: tuple[tuple[int, int, int], ...] = (
+    (250, 228, 238),
+    (222, 246, 248),
+    (214, 214, 214),
+    (248, 244, 214),
+)
+HELD_OUT_SIZES: tuple[float, float] = (0.39, 0.43)
+HELD_OUT_CANVAS = 1.25
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,7 @@ class Scene:
 
     objects: tuple[SceneObject, ...]
     background: tuple[int, int, int]
+    sizes: tuple[float, float] = SIZES
 
     def has(self, colour: str, shape: str) -> bool:
         return any(o.colour == colour and o.shape == shape for o in self.objects)
@@ -81,9 +94,9 @@ def reading_order(objects: list[SceneObject] | tuple[SceneObject, ...]) -> tuple
 
 
 def sample_scene(rng: random.Random, require_unique_shape: bool = False,
-                 require_unique_colour: bool = False) -> Scene:
+                 require_unique_colour: bool = False, held_out_style: bool = False) -> Scene:
     """Draw a scene; with ``require_unique_shape`` (``_colour``) some shape (colour) occurs
-    exactly once."""
+    exactly once; ``held_out_style``: a background and object sizes training never draws."""
     while True:
         n = rng.randint(1, 3)
         quadrants = rng.sample(QUADRANTS, n)
@@ -91,7 +104,10 @@ def sample_scene(rng: random.Random, require_unique_shape: bool = False,
         objects = reading_order(
             [SceneObject(c, s, q) for (c, s), q in zip(combos, quadrants, strict=True)]
         )
-        scene = Scene(objects, rng.choice(BACKGROUNDS))
+        if held_out_style:
+            scene = Scene(objects, rng.choice(HELD_OUT_BACKGROUNDS), HELD_OUT_SIZES)
+        else:
+            scene = Scene(objects, rng.choice(BACKGROUNDS))
         if (not require_unique_shape or scene.unique_shapes()) and (
                 not require_unique_colour or scene.unique_colours()):
             return scene
@@ -106,7 +122,7 @@ def render_scene(scene: Scene, rng: random.Random, image_size: int = 64) -> Imag
     half = image_size // 2
     margin = max(1, image_size // 32)
     for obj in scene.objects:
-        side = round(rng.uniform(0.30, 0.40) * image_size)
+        side = round(rng.uniform(*scene.sizes) * image_size)
         slack = half - side - 2 * margin
         qi = QUADRANTS.index(obj.quadrant)
         x0 = (qi % 2) * half + margin + (rng.randint(0, slack) if slack > 0 else 0)

@@ -7,7 +7,13 @@ from typing import Any
 from components.data.sample import Sample, assistant_turn, user_turn
 from components.data.synthetic import questions
 from components.data.synthetic.rng import sample_key, sample_rng
-from components.data.synthetic.scene import Scene, reference_captions, render_scene, sample_scene
+from components.data.synthetic.scene import (
+    HELD_OUT_CANVAS,
+    Scene,
+    reference_captions,
+    render_scene,
+    sample_scene,
+)
 
 CAPTION_PROMPT = "Describe the image."
 
@@ -39,19 +45,22 @@ def generate_caption(seed: int, index: int, split: str, image_size: int = 64) ->
 
 
 def generate_vqa(seed: int, index: int, split: str, image_size: int = 64) -> Sample:
-    """Scene VQA: test holds one stratified question; train/val one 3-5 turn conversation."""
+    """Scene VQA: test holds one stratified question (half in held-out phrasings, a quarter on
+    images in a held-out style); train/val one 3-5 turn conversation."""
     source = "scenes_vqa"
     rng = sample_rng(seed, split, source, index)
     if split == "test":
         qtype, spec = questions.stratified(index)
+        held_out = questions.held_out_style(index)
         scene = sample_scene(rng, require_unique_shape=qtype == "colour",
-                             require_unique_colour=qtype == "shape")
-        image = render_scene(scene, rng, image_size)
+                             require_unique_colour=qtype == "shape", held_out_style=held_out)
+        canvas = round(image_size * HELD_OUT_CANVAS) if held_out else image_size
+        image = render_scene(scene, rng, canvas)
         qa = questions.ask(scene, rng, qtype, **spec)
         record = scene_record(
             "vqa", source, scene, [user_turn(qa.question, 1), assistant_turn(qa.answer)]
         )
-        record.update(qa.extra())
+        record.update(qa.extra(), style="unseen" if held_out else "seen")
         record["answers"] = [qa.answer]
         return Sample(sample_key(source, split, index), [image], record)
     scene = sample_scene(rng)

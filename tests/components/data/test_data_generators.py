@@ -16,14 +16,23 @@ from components.data.corpus import generate_sample
 from components.data.sample import Sample, image_placeholders, message_text
 from components.data.synthetic import FAMILIES, SOURCES, generator
 from components.data.synthetic.ocr import MIN_CONTRAST, luminance
-from components.data.synthetic.questions import QA, QTYPES, ask, conversation
-from components.data.synthetic.scene import COLOURS, QUADRANTS, SHAPES, Scene, SceneObject
+from components.data.synthetic.questions import QTYPES, ask, conversation
+from components.data.synthetic.scene import (
+    BACKGROUNDS,
+    COLOURS,
+    HELD_OUT_BACKGROUNDS,
+    QUADRANTS,
+    SHAPES,
+    Scene,
+    SceneObject,
+)
 
-COLOUR_Q = re.compile(r"^What colour is the (\w+)\?$")
-COUNT_Q = re.compile(r"^How many (\w+)s are there\?$")
-POSITION_Q = re.compile(r"^Where is the (\w+) (\w+)\?$")
-EXISTENCE_Q = re.compile(r"^Is there an? (\w+) (\w+)\?$")
-SHAPE_Q = re.compile(r"^What shape is the (\w+) object\?$")
+# the words that say what a question of each type asks, whatever its phrasing
+ASKS: dict[str, set[str]] = {
+    "colour": {"colour", "color"}, "shape": {"shape"}, "count": {"many", "count", "number"},
+    "position": {"where", "where's", "quadrant", "corner", "part"},
+    "existence": {"there", "see", "show", "contain", "in"},
+}
 
 
 def png(sample: Sample) -> list[bytes]:
@@ -55,29 +64,39 @@ def check_contract(sample: Sample, split: str) -> None:
         assert record["answers"] and all(isinstance(a, str) and a for a in record["answers"])
 
 
-def check_qa(question: str, answer: str, objects: list[dict[str, str]]) -> str:
-    """Check one scene question's answer against the scene's objects; returns the qtype."""
+def named(question: str) -> tuple[list[str], list[str]]:
+    """The colour and shape words a question names (plural shapes singular)."""
+    words = re.findall(r"[a-z']+", question.lower())
+    shapes = [w.removesuffix("s") for w in words if w.removesuffix("s") in SHAPES]
+    return [w for w in words if w in COLOURS], shapes
+
+
+def check_qa(qtype: str, question: str, answer: str, objects: list[dict[str, str]]) -> None:
+    """One scene question of ``qtype``, in any phrasing: it asks what its type asks, about the
+    objects it names, and the answer is right for the scene's objects."""
     assert answer == answer.lower() and not answer.endswith((".", "?", "!"))
-    if m := COLOUR_Q.match(question):
-        matching = [o for o in objects if o["shape"] == m[1]]
+    assert question[0].isupper() and question.endswith(("?", ".")), question
+    assert ASKS[qtype] & set(re.findall(r"[a-z']+", question.lower())), (qtype, question)
+    colours, shapes = named(question)
+    if qtype == "colour":
+        assert colours == [] and len(shapes) == 1, question
+        matching = [o for o in objects if o["shape"] == shapes[0]]
         assert len(matching) == 1 and matching[0]["colour"] == answer
-        return "colour"
-    if m := COUNT_Q.match(question):
-        assert answer == str(sum(o["shape"] == m[1] for o in objects))
-        return "count"
-    if m := POSITION_Q.match(question):
-        matching = [o for o in objects if (o["colour"], o["shape"]) == (m[1], m[2])]
-        assert len(matching) == 1 and matching[0]["quadrant"] == answer
-        return "position"
-    if m := EXISTENCE_Q.match(question):
-        present = any((o["colour"], o["shape"]) == (m[1], m[2]) for o in objects)
-        assert answer == ("yes" if present else "no")
-        return "existence"
-    if m := SHAPE_Q.match(question):
-        matching = [o for o in objects if o["colour"] == m[1]]
+    elif qtype == "shape":
+        assert len(colours) == 1 and shapes == [], question
+        matching = [o for o in objects if o["colour"] == colours[0]]
         assert len(matching) == 1 and matching[0]["shape"] == answer
-        return "shape"
-    raise AssertionError(f"unrecognised question {question!r}")
+    elif qtype == "count":
+        assert colours == [] and len(shapes) == 1, question
+        assert answer == str(sum(o["shape"] == shapes[0] for o in objects))
+    else:
+        assert len(colours) == 1 and len(shapes) == 1, question
+        named_obj = (colours[0], shapes[0])
+        matching = [o for o in objects if (o["colour"], o["shape"]) == named_obj]
+        if qtype == "position":
+            assert len(matching) == 1 and matching[0]["quadrant"] == answer
+        else:
+            assert answer == ("yes" if matching else "no")
 
 
 def check_scene_objects(objects: list[dict[str, str]]) -> None:
@@ -155,22 +174,24 @@ def test_vqa_test_split_single_question_answers_match_objects() -> None:
     qtypes: Counter[str] = Counter()
     existence: Counter[bool] = Counter()
     negatives: Counter[str] = Counter()
+    phrasings: Counter[tuple[str, str]] = Counter()
     for i in range(200):
         record = generate_sample("scenes_vqa", 0, "test", i).record
         check_scene_objects(record["objects"])
         assert len(record["messages"]) == 2
         question, answer = (message_text(m) for m in record["messages"])
         assert record["answers"] == [answer]
-        qtype = check_qa(question, answer, record["objects"])
-        assert record["qtype"] == qtype
+        qtype = record["qtype"]
+        check_qa(qtype, question, answer, record["objects"])
         qtypes[qtype] += 1
+        phrasings[qtype, record["phrasing"]] += 1
         if qtype == "existence":
             assert record["absent"] == (answer == "no")
             existence[record["absent"]] += 1
             if record["absent"]:
                 negatives[record["negative"]] += 1
                 if record["negative"] == "hard":
-                    colour, shape = EXISTENCE_Q.match(question).groups()  # type: ignore[union-attr]
+                    (colour,), (shape,) = named(question)
                     assert any(
                         o["colour"] == colour or o["shape"] == shape for o in record["objects"]
                     )
@@ -179,6 +200,29 @@ def test_vqa_test_split_single_question_answers_match_objects() -> None:
     assert set(qtypes) == set(QTYPES) and set(qtypes.values()) == {40}
     assert existence[True] == existence[False] == 20
     assert negatives["hard"] == negatives["random"] == 10
+    assert set(phrasings.values()) == {20}  # each type: half seen, half held-out phrasings
+
+
+def test_a_quarter_of_the_test_questions_look_at_a_style_training_never_draws() -> None:
+    def page(sample: Sample) -> tuple[int, ...]:  # the outermost pixels: no object reaches them
+        pixels = np.asarray(sample.images[0])
+        ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        return tuple(int(v) for v in np.median(ring, axis=0))
+
+    def nearest(colour: tuple[int, ...], palette) -> float:
+        return min(float(np.abs(np.subtract(colour, p)).max()) for p in palette)
+
+    styles: Counter[tuple[str, str]] = Counter()
+    for i in range(0, 160, 2):
+        sample = generate_sample("scenes_vqa", 0, "test", i)
+        style = sample.record["style"]
+        styles[sample.record["qtype"], style] += 1
+        assert nearest(page(sample), HELD_OUT_BACKGROUNDS if style == "unseen" else BACKGROUNDS) <= 3
+        assert sample.images[0].size == ((80, 80) if style == "unseen" else (64, 64))
+    assert {n for (_, style), n in styles.items() if style == "unseen"} == {4}
+    assert sum(styles.values()) == 4 * sum(n for (_, s), n in styles.items() if s == "unseen")
+    for i in range(40):  # training: only the seen backgrounds
+        assert nearest(page(generate_sample("scenes_vqa", 0, "train", i)), BACKGROUNDS) <= 3
 
 
 def test_vqa_train_is_one_multi_turn_conversation() -> None:
@@ -194,9 +238,11 @@ def test_vqa_train_is_one_multi_turn_conversation() -> None:
             for q, a in zip(messages[::2], messages[1::2], strict=True)
         ]
         assert len({q for q, _ in pairs}) == len(pairs)
-        kinds = [check_qa(q, a, sample.record["objects"]) for q, a in pairs]
-        assert kinds == sample.record["qtypes"] and len(set(kinds)) >= 2
-        existence.update(a for q, a in pairs if EXISTENCE_Q.match(q))
+        kinds = sample.record["qtypes"]
+        for kind, (q, a) in zip(kinds, pairs, strict=True):
+            check_qa(kind, q, a, sample.record["objects"])
+        assert len(set(kinds)) >= 2
+        existence.update(a for kind, (_, a) in zip(kinds, pairs, strict=True) if kind == "existence")
     assert 0.35 < existence["yes"] / (existence["yes"] + existence["no"]) < 0.65
 
 
@@ -210,7 +256,7 @@ def test_preference_pairs() -> None:
         kinds[record["hallucination"]] += 1
         prompt = message_text(record["messages"][0])
         if record["hallucination"] == "existence":
-            assert check_qa(prompt, record["chosen"], record["objects"]) == "existence"
+            check_qa("existence", prompt, record["chosen"], record["objects"])
             assert {record["chosen"], record["rejected"]} == {"yes", "no"}
         else:
             assert prompt == "Describe the image."
@@ -276,7 +322,9 @@ def test_shape_question_names_the_shape_of_the_only_object_of_a_colour() -> None
     rng = random.Random(0)
     scene = Scene((SceneObject("red", "circle", "top left"), SceneObject("blue", "square", "top right"),
                    SceneObject("blue", "triangle", "bottom left")), (255, 255, 255))
-    assert ask(scene, rng, "shape") == QA("shape", "What shape is the red object?", "circle")
+    qa = ask(scene, rng, "shape")
+    assert qa.answer == "circle" and qa.phrasing == "seen"
+    check_qa("shape", qa.question, qa.answer, [o.as_dict() for o in scene.objects])
     same = Scene((SceneObject("blue", "square", "top left"), SceneObject("blue", "circle", "top right")),
                  (255, 255, 255))
     with pytest.raises(ValueError, match="colour that occurs exactly once"):

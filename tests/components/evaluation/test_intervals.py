@@ -159,6 +159,20 @@ def test_synthetic_table_reproduces_every_score_of_the_suite(suite_samples):
     assert set(prefixed.metrics) == {f"fewshot_{k}" for k in result.metrics}
 
 
+def test_vqa_is_reported_for_seen_and_held_out_phrasings_per_question_type(suite_samples):
+    # right in the training phrasings, wrong in the held-out ones
+    preds = [s.record["answers"][0] if s.record.get("phrasing") != "unseen" else "nothing"
+             for s in suite_samples]
+    result = score_predictions(suite_samples, preds)
+    m = result.metrics
+    for qtype in ("colour", "existence", "count", "position", "shape"):
+        assert m[f"phrasing_seen_{qtype}_accuracy"] == 1.0
+        assert m[f"phrasing_unseen_{qtype}_accuracy"] == 0.0
+    assert m["phrasing_seen_accuracy"] == 1.0 and m["vqa_accuracy"] == 0.5
+    table = synthetic_table("synthetic", [s.record for s in suite_samples], result.rows, m)
+    assert table.intervals(resamples=200)["phrasing_unseen_colour_accuracy"].high == 0.0
+
+
 def test_paired_differences_of_two_versions_on_the_same_items(suite_samples):
     records = [s.record for s in suite_samples]
     tables = []
