@@ -427,7 +427,7 @@ _NOT_KEYED_STAGE_OPTIONS = ("gradient_checkpointing", "reference")
 _LATER_TRAIN = {"schedule": "cosine", "decay_fraction": 0.2}
 _LATER_MODEL = {"connector_init": "random", "resampler_latents": 16, "resampler_depth": 2,
                 "resampler_heads": 4, "cross_layer_interval": 1, "fusion_vision": None,
-                "vision_inline": None, "resampler_head_dim": None}
+                "vision_inline": None, "resampler_head_dim": None, "cross_attn_gate": "zeros"}
 
 
 def _without_defaults(data: dict, defaults: dict) -> dict:

@@ -37,6 +37,9 @@ class ModelSpec(BaseModel):
     resampler_heads: int = Field(4, gt=0)
     resampler_head_dim: int | None = Field(None, gt=0)  # None: the width / resampler_heads
     cross_layer_interval: int = Field(1, gt=0)  # idefics: a gated cross-attention layer every N
+    # idefics: the gates' start, tanh(0) = closed (Flamingo: the VLM starts as the LM) or
+    # tanh(1) = open (the new layers get full gradient from the first step)
+    cross_attn_gate: Literal["zeros", "ones"] = "zeros"
     # llava only: a second vision tower fused per patch (SPHINX), e.g. facebook/dinov2-small
     fusion_vision: str | None = None
     max_length: int = Field(256, gt=0)
@@ -69,4 +72,4 @@ class ModelSpec(BaseModel):
 # options that belong to one architecture or another (`Architecture.options`)
 ARCHITECTURE_OPTIONS = ("scale_factor", "connector_init", "resampler_latents", "resampler_depth",
                         "resampler_heads", "resampler_head_dim", "cross_layer_interval",
-                        "fusion_vision", "standardize_features")
+                        "cross_attn_gate", "fusion_vision", "standardize_features")

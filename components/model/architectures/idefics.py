@@ -63,7 +63,7 @@ def _check_backbones(vision_config, text_config) -> None:
 
 def idefics_config(vision_config, text_config, *, cross_layer_interval: int, n_latents: int,
                    resampler_depth: int, resampler_heads: int, resampler_head_dim: int,
-                   tokenizer: PreTrainedTokenizerBase) -> IdeficsConfig:
+                   tokenizer: PreTrainedTokenizerBase, gate: str = "zeros") -> IdeficsConfig:
     vision = dict(embed_dim=vision_config.hidden_size, image_size=vision_config.image_size,
                   intermediate_size=vision_config.intermediate_size,
                   patch_size=vision_config.patch_size, num_channels=vision_config.num_channels,
@@ -77,7 +77,7 @@ def idefics_config(vision_config, text_config, *, cross_layer_interval: int, n_l
         num_attention_heads=t.num_attention_heads, hidden_act=t.hidden_act,
         rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
         rope_parameters=dict(t.rope_parameters), tie_word_embeddings=bool(t.tie_word_embeddings),
-        cross_layer_interval=cross_layer_interval, alpha_initializer="zeros", alpha_type="float",
+        cross_layer_interval=cross_layer_interval, alpha_initializer=gate, alpha_type="float",
         use_resampler=True,
         perceiver_config=dict(use_resampler=True, resampler_n_latents=n_latents,
                               resampler_depth=resampler_depth, resampler_n_heads=resampler_heads,
@@ -100,9 +100,10 @@ def llama_to_idefics_state(lm: PreTrainedModel) -> dict[str, torch.Tensor]:
 def assemble_idefics(vision: PreTrainedModel, lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      *, seed: int = 0, cross_layer_interval: int = 1, n_latents: int = 16,
                      resampler_depth: int = 2, resampler_heads: int = 4,
-                     resampler_head_dim: int | None = None, **_: object) -> IdeficsForVisionText2Text:
+                     resampler_head_dim: int | None = None, gate: str = "zeros",
+                     **_: object) -> IdeficsForVisionText2Text:
     """Flamingo-style VLM: both backbones copied in by name; perceiver + gated cross-attention
-    layers are new (from ``seed``), their gates at zero."""
+    layers are new (from ``seed``), their gates at zero (``gate="ones"``: open)."""
     check_vocab(lm, tokenizer)
     _check_backbones(vision.config, lm.config)
     if lm.config.num_hidden_layers % cross_layer_interval:
@@ -112,7 +113,7 @@ def assemble_idefics(vision: PreTrainedModel, lm: PreTrainedModel, tokenizer: Pr
         vision.config, lm.config, cross_layer_interval=cross_layer_interval, n_latents=n_latents,
         resampler_depth=resampler_depth, resampler_heads=resampler_heads,
         resampler_head_dim=resampler_head_dim or vision.config.hidden_size // resampler_heads,
-        tokenizer=tokenizer)
+        tokenizer=tokenizer, gate=gate)
     with seeded(seed):
         model = IdeficsForVisionText2Text(config)
     copy_exact(model.model.vision_model, vision_tower_state(vision), "vision")
@@ -147,7 +148,7 @@ def _assemble(vision, lm, tokenizer, model_spec, seed: int) -> IdeficsForVisionT
     return assemble_idefics(vision, lm, tokenizer, seed=seed,
                             cross_layer_interval=m.cross_layer_interval, n_latents=m.resampler_latents,
                             resampler_depth=m.resampler_depth, resampler_heads=m.resampler_heads,
-                            resampler_head_dim=m.resampler_head_dim)
+                            resampler_head_dim=m.resampler_head_dim, gate=m.cross_attn_gate)
 
 
 SPEC = Architecture(
@@ -160,5 +161,5 @@ SPEC = Architecture(
                     f"cross-attention every {m.cross_layer_interval} LM layer(s)"),
     supports=Features(packing=False, splitting=False),
     options=("resampler_latents", "resampler_depth", "resampler_heads", "resampler_head_dim",
-             "cross_layer_interval"),
+             "cross_layer_interval", "cross_attn_gate"),
 )

@@ -8,13 +8,17 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from components.model.architectures import ARCHITECTURES, spec, spec_of
+from components.model.build import assemble, processor_for
 from components.model.freeze import apply_unfreezing, merge_lora
+from components.model.spec import ModelSpec
 from tests.components.model.helpers import (
     CLASSES,
     SCHEDULES,
     build,
     colour_batch,
     fit,
+    model_spec,
+    saved_backbones,
 )
 
 
@@ -49,6 +53,22 @@ def test_assembled_towers_match_standalone_backbones(arch, tokenizer, tmp_path):
             ref = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             real = batch["attention_mask"].bool()  # padding positions are numbered differently
             assert torch.allclose(vlm[real], ref[real], atol=1e-6), (vlm - ref)[real].abs().max()
+
+
+def test_open_cross_attention_gates_let_the_image_in_from_the_start(tokenizer, tmp_path):
+    vision, lm = saved_backbones("idefics", len(tokenizer), tmp_path)
+    model = assemble(model_spec("idefics", cross_attn_gate="ones"), vision, lm, tokenizer, seed=0)
+    model.eval()
+    gates = [p for n, p in model.named_parameters() if ".alpha_" in n]
+    assert gates and all(torch.equal(g, torch.ones_like(g)) for g in gates)
+    batch = colour_batch(processor_for(model, tokenizer, 32), 2)
+    with torch.no_grad():
+        vlm = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        ref = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    real = batch["attention_mask"].bool()
+    assert not torch.allclose(vlm[real], ref[real], atol=1e-3)  # the new layers already count
+    with pytest.raises(ValueError, match="cross_attn_gate does not apply"):
+        ModelSpec(architecture="llava", cross_attn_gate="ones")
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
