@@ -32,6 +32,15 @@ def _towers(model):
     return inner.vision_model, None  # idefics: its decoder is checked through the whole model
 
 
+def _vlm_and_lm_logits(model, lm, batch):
+    """The VLM's and the standalone LM's logits at a batch's real positions (padding
+    positions are numbered differently)."""
+    vlm = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    ref = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    real = batch["attention_mask"].bool()
+    return vlm[real], ref[real]
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_assembled_towers_match_standalone_backbones(arch, tokenizer, tmp_path):
     vision, lm, model, processor = build(arch, tokenizer, tmp_path)
@@ -49,10 +58,8 @@ def test_assembled_towers_match_standalone_backbones(arch, tokenizer, tmp_path):
             # Flamingo: gates start at zero, so with an image in view the VLM is the LM exactly
             batch = colour_batch(processor, 2)
             assert batch["image_attention_mask"].any()
-            vlm = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-            ref = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            real = batch["attention_mask"].bool()  # padding positions are numbered differently
-            assert torch.allclose(vlm[real], ref[real], atol=1e-6), (vlm - ref)[real].abs().max()
+            vlm, ref = _vlm_and_lm_logits(model, lm, batch)
+            assert torch.allclose(vlm, ref, atol=1e-6), (vlm - ref).abs().max()
 
 
 def test_open_cross_attention_gates_let_the_image_in_from_the_start(tokenizer, tmp_path):
@@ -61,12 +68,9 @@ def test_open_cross_attention_gates_let_the_image_in_from_the_start(tokenizer, t
     model.eval()
     gates = [p for n, p in model.named_parameters() if ".alpha_" in n]
     assert gates and all(torch.equal(g, torch.ones_like(g)) for g in gates)
-    batch = colour_batch(processor_for(model, tokenizer, 32), 2)
     with torch.no_grad():
-        vlm = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
-        ref = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    real = batch["attention_mask"].bool()
-    assert not torch.allclose(vlm[real], ref[real], atol=1e-3)  # the new layers already count
+        vlm, ref = _vlm_and_lm_logits(model, lm, colour_batch(processor_for(model, tokenizer, 32), 2))
+    assert not torch.allclose(vlm, ref, atol=1e-3)  # the new layers already count
     with pytest.raises(ValueError, match="cross_attn_gate does not apply"):
         ModelSpec(architecture="llava", cross_attn_gate="ones")
 
