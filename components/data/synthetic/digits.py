@@ -1,9 +1,8 @@
 """Reading curriculum: a 1-3 digit number printed dark on a light-tinted page, anywhere on it.
 
-The glyphs are small on purpose (12-16 px tall on a 64 px page): a 32 px tile of the
-full-resolution page shows them at the scale of the large-glyph lesson (``digits_large``,
-20-28 px, seen downscaled to 32 px), the 32 px view of the whole page at half that, so what
-the model reads depends on the resolution it sees (configs/ablations/resolution.yaml).
+The glyphs are small on purpose (12-16 px tall on a 64 px page, after a first lesson of
+20-28 px ones, ``digits_large``): the page downscaled to 32 px shows them 6-8 px tall, so
+what the model reads depends on the resolution it sees (configs/ablations/resolution.yaml).
 """
 
 from __future__ import annotations

@@ -118,9 +118,11 @@ def build_processor(
     image_std: Sequence[float] = IMAGE_STD,
 ) -> Idefics3Processor:
     """Processor whose images are resized to `longest_edge` and split into `tile_size` tiles,
-    normalised with the vision tower's own mean/std."""
-    if longest_edge % tile_size:
-        raise ValueError(f"longest_edge {longest_edge} must be a multiple of tile_size {tile_size}")
+    normalised with the vision tower's own mean/std. Below `tile_size`, the one view is the
+    image at `longest_edge` px resized up to the tile: the tower's token count with the detail
+    of the smaller image."""
+    if longest_edge > tile_size and longest_edge % tile_size:
+        raise ValueError(f"longest_edge {longest_edge} above tile_size {tile_size} must be a multiple of it")
     image_processor = Idefics3ImageProcessorPil(
         do_resize=True,
         size={"longest_edge": longest_edge},

@@ -68,6 +68,21 @@ def test_scale_factor_must_divide_the_patch_grid(backbones, tokenizer):
         assemble_idefics3(*backbones, tokenizer, scale_factor=3)
 
 
+def test_below_the_tile_size_the_one_view_keeps_only_the_smaller_images_detail(tokenizer):
+    """longest_edge 16 on a 32 px tower: one 32 px view (the same tokens), whose 1 px
+    checkerboard was averaged away at 16 px; at 32 px the checkerboard survives."""
+    board = Image.fromarray(((torch.arange(32)[:, None] + torch.arange(32)) % 2 * 255)
+                            .to(torch.uint8).numpy()).convert("RGB")
+    def view(edge):
+        proc = build_processor(tokenizer, tile_size=32, longest_edge=edge, patch_size=8, scale_factor=2)
+        return proc.image_processor([board], return_tensors="pt").pixel_values[0]
+    sharp, blurred = view(32), view(16)
+    assert sharp.shape == blurred.shape == (1, 3, 32, 32)
+    assert sharp.std() > 0.9 and blurred.std() < 0.3
+    with pytest.raises(ValueError, match="must be a multiple"):
+        build_processor(tokenizer, tile_size=32, longest_edge=48, patch_size=8, scale_factor=2)
+
+
 def test_saved_vlm_loads_with_auto_classes_and_generates(backbones, tokenizer, tmp_path):
     model = assemble_idefics3(*backbones, tokenizer, scale_factor=2)
     processor = build_processor(tokenizer, tile_size=32, longest_edge=64, patch_size=8, scale_factor=2)
