@@ -1,7 +1,7 @@
 """Reading curriculum: a 1-3 digit number printed dark on a light-tinted page, anywhere on it.
 
 The glyphs are small on purpose (12-16 px tall on a 64 px page, after a first lesson of
-20-28 px ones, ``digits_large``): the page downscaled to 32 px shows them 6-8 px tall, so
+20-28 px ones, ``digits_large``): the page downscaled to 16 px shows them 3-4 px tall, so
 what the model reads depends on the resolution it sees (configs/ablations/resolution.yaml).
 """
 
