@@ -1,4 +1,4 @@
-"""`vlmforge ablate STUDY [--seeds N] [--json]`: run an ablation study (configs/ablations/STUDY.yaml
+"""`vlmforge ablate STUDY [--seeds N] [--workers W] [--json]`: run an ablation study (configs/ablations/STUDY.yaml
 or a path) and print its table: each arm's mean and 95 % interval over seeds, the published
 claim and whether it reproduced."""
 
@@ -53,7 +53,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     base = path.parent / study.base
     base = base if base.exists() else Path(study.base)
     seeds = study.seeds[: args.seeds] if args.seeds else None
-    result = ablate(study, yaml.safe_load(base.read_text()), seeds)
+    result = ablate(study, yaml.safe_load(base.read_text()), seeds, workers=args.workers)
     print(json.dumps(result, indent=1) if args.json else render(result))
     return 0
 
@@ -63,6 +63,8 @@ def add_ablate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
                                              "95 %% intervals, and whether the claim reproduced")
     p.add_argument("study", help="a study of configs/ablations/ (name) or a study file")
     p.add_argument("--seeds", type=int, default=None, help="the first N of the study's seeds")
+    p.add_argument("--workers", type=int, default=1,
+                   help="seeds run at once, each in its own process on an equal share of the cores")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(func=cmd_ablate)
     return p

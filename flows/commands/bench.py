@@ -14,6 +14,9 @@
   training samples/s (ratio = loader / training, goal >= 5); see flows/bench/loader.py.
 - overhead: the platform's training loop vs a bare PyTorch loop, tiny VLM at 64 px (ratio =
   platform / bare seconds per step; goal <= 1.03); see flows/bench/overhead.py.
+- parallel: training samples/s of one process on every core vs one one-thread process per core
+  (ratio = parallel / single; what `vlmforge ablate --workers` relies on); see
+  flows/bench/parallel.py.
 - packing: padding share of the recipe's SFT batches without vs with sequence packing (ratio =
   unpacked / packed); see flows/bench/packing.py.
 - pixel-shuffle: image tokens and step time with pixel-shuffle factor 1 vs 2 vs 4 (ratio = factor-1
@@ -34,8 +37,8 @@ from __future__ import annotations
 
 import json
 
-BENCHES = ("rerun", "startup", "generation", "serve", "dask", "overhead", "pixel-shuffle", "loader",
-           "packing", "soak", "memory", "peer", "mfu")
+BENCHES = ("rerun", "startup", "generation", "serve", "dask", "overhead", "parallel", "pixel-shuffle",
+           "loader", "packing", "soak", "memory", "peer", "mfu")
 
 
 def run_bench(name: str, recipe: str, as_json: bool = False,
@@ -60,6 +63,10 @@ def run_bench(name: str, recipe: str, as_json: bool = False,
         from flows.bench.overhead import bench_overhead
 
         result = bench_overhead(recipe_path=recipe)
+    elif name == "parallel":
+        from flows.bench.parallel import bench_parallel
+
+        result = bench_parallel(recipe_path=recipe)
     elif name == "packing":
         from flows.bench.packing import bench_packing
 
