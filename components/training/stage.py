@@ -30,6 +30,7 @@ from components.training.reference import (
     adapter_reference,
     own_batches,
 )
+from components.training.tower_cache import CacheStats, cached_tower
 from components.training.val_probe import validation_probe
 
 
@@ -42,6 +43,7 @@ class StageRun:
     # align with `rejected_from: model`: caption prompts the reference captioned, pairs rewritten
     corrections: dict[str, int] = field(default_factory=dict)
     preflight: PreflightReport | None = None  # the data pipeline's checks before the first step
+    tower_cache: CacheStats | None = None  # the frozen vision tower's reuse of repeated images
 
     @property
     def skipped(self) -> int:
@@ -83,7 +85,8 @@ def run_stage(model, processor, stage: StageBase, shards: Path, *, seed: int, ma
     the stage's first samples and fail the stage naming the sample that breaks one.
 
     `gradient_checkpointing` recomputes the vision tower's and the LM's layer activations in
-    backward (transformers' own, non-reentrant). An align stage with `reference: cached`
+    backward (transformers' own, non-reentrant). While the vision tower is frozen it computes
+    each distinct image once (tower_cache.py). An align stage with `reference: cached`
     computes the reference log-probs of every row it will train on before the first step,
     kept in `reference_file` when given (reused by a later run with the same reference model
     and data: the caller names the file after both)."""
@@ -91,6 +94,16 @@ def run_stage(model, processor, stage: StageBase, shards: Path, *, seed: int, ma
                  if getattr(stage, "ground_connector", None) else None)
     if stage.train.steps == 0:
         return StageRun(LoopResult(steps=0, samples=0, seconds=0.0), 0, grounding=grounding)
+    with cached_tower(model) as tower_stats:
+        run = _train(model, processor, stage, shards, seed, max_length, on_log, checkpoint_dir,
+                     reference_file)
+    run.grounding, run.tower_cache = grounding, tower_stats
+    return run
+
+
+def _train(model, processor, stage: StageBase, shards: Path, seed: int, max_length: int,
+           on_log: LogFn | None, checkpoint_dir: Path | None, reference_file: Path | None
+           ) -> StageRun:
     encoder = ChatEncoder(processor, max_length)
     plan = STAGE_RUNNERS[stage.kind](model, stage, shards, encoder, seed)
     # a fresh stream of the same seed: the checks see the stage's first samples, training
@@ -111,7 +124,7 @@ def run_stage(model, processor, stage: StageBase, shards: Path, *, seed: int, ma
     corrections = ({"captions_judged": plan.samples.judged, "pairs_corrected": plan.samples.replaced}
                    if isinstance(plan.samples, CorrectedCaptionPairs) else {})
     return StageRun(result, plan.batches.skipped, dict(getattr(plan.stream, "counts", {})),
-                    grounding, corrections, checked)
+                    corrections=corrections, preflight=checked)
 
 
 def cached_reference(model, stage: AlignStage, shards: Path, encoder: ChatEncoder, seed: int,

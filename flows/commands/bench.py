@@ -17,6 +17,9 @@
 - parallel: training samples/s of one process on every core vs one one-thread process per core
   (ratio = parallel / single; what `vlmforge ablate --workers` relies on); see
   flows/bench/parallel.py.
+- tower-cache: a frozen-tower stage's training samples/s without vs with the vision tower's
+  cache of repeated images, at 32 and 64 px (ratio = cached / uncached; the losses must agree);
+  see flows/bench/tower_cache.py.
 - packing: padding share of the recipe's SFT batches without vs with sequence packing (ratio =
   unpacked / packed); see flows/bench/packing.py.
 - pixel-shuffle: image tokens and step time with pixel-shuffle factor 1 vs 2 vs 4 (ratio = factor-1
@@ -37,8 +40,8 @@ from __future__ import annotations
 
 import json
 
-BENCHES = ("rerun", "startup", "generation", "serve", "dask", "overhead", "parallel", "pixel-shuffle",
-           "loader", "packing", "soak", "memory", "peer", "mfu")
+BENCHES = ("rerun", "startup", "generation", "serve", "dask", "overhead", "parallel", "tower-cache",
+           "pixel-shuffle", "loader", "packing", "soak", "memory", "peer", "mfu")
 
 
 def run_bench(name: str, recipe: str, as_json: bool = False,
@@ -67,6 +70,10 @@ def run_bench(name: str, recipe: str, as_json: bool = False,
         from flows.bench.parallel import bench_parallel
 
         result = bench_parallel(recipe_path=recipe)
+    elif name == "tower-cache":
+        from flows.bench.tower_cache import bench_tower_cache
+
+        result = bench_tower_cache(recipe_path=recipe)
     elif name == "packing":
         from flows.bench.packing import bench_packing
 
