@@ -118,8 +118,9 @@ def run_bench(name: str, recipe: str, as_json: bool = False,
     if as_json:
         print(json.dumps({"bench": name, **result}))
     else:
+        width = max(22, *(len(k) + 2 for k in result))
         for k, v in result.items():
-            print(f"{k:<22}{v}")
+            print(f"{k:<{width}}{v}")
     return 0
 
 
