@@ -17,29 +17,11 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 from flows.bench.loader import tiny_model_and_encoder
 from flows.bench.overhead import RECIPE, measurement_threads
-
-
-@contextmanager
-def _budget(mb: str | None):
-    from components.training.tower_cache import ENV
-
-    before = os.environ.get(ENV)
-    if mb is None:
-        os.environ.pop(ENV, None)
-    else:
-        os.environ[ENV] = mb
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = before
 
 
 def _frozen_stage(recipe, longest_edge: int):
@@ -56,6 +38,7 @@ def bench_tower_cache(steps: int = 30, images: int = 120, repeats: int = 2,
     from components.data.tokenizer import corpus_texts, train_tokenizer
     from components.recipe import load_recipe
     from components.training.stage import run_stage
+    from components.training.tower_cache import DEFAULT_MB, ENV
 
     recipe = load_recipe(recipe_path)
     stages = [_frozen_stage(recipe, edge) for edge in longest_edges]
@@ -76,7 +59,8 @@ def bench_tower_cache(steps: int = 30, images: int = 120, repeats: int = 2,
             for r in range(repeats):
                 for arm in (("uncached", "cached") if r % 2 == 0 else ("cached", "uncached")):
                     model, encoder = tiny_model_and_encoder(recipe, stage, tokenizer)
-                    with _budget("0" if arm == "uncached" else None):
+                    budget = "0" if arm == "uncached" else str(DEFAULT_MB)
+                    with mock.patch.dict(os.environ, {ENV: budget}):
                         run = run_stage(model, encoder.processor, stage, Path(tmp), seed=recipe.seed,
                                         max_length=recipe.model.max_length)
                     rates[arm].append(run.result.samples / run.result.seconds)
