@@ -3,13 +3,12 @@ setting, the stage code), its JSON and its ratios against each setting's baselin
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from components.recipe import parse_stage
 from flows.bench.memory import SETTINGS, stage_section, table
 from flows.commands.bench import BENCHES
+from tests.flows.bench.helpers import small_bench_json
 
 
 def test_every_setting_is_a_valid_stage_with_a_baseline_of_its_kind():
@@ -25,13 +24,8 @@ def test_the_bench_measures_each_setting_in_its_own_process(monkeypatch, capsys)
     import flows.bench.memory as bench
 
     assert "memory" in BENCHES
-    real = bench.bench_memory
-    monkeypatch.setattr(bench, "bench_memory", lambda: real(
-        steps=2, scale="test", settings=("sft_full", "align_lora_adapters")))
-    from flows.commands.bench import run_bench
-
-    assert run_bench("memory", "configs/tiny.yaml", as_json=True) == 0
-    out = json.loads(capsys.readouterr().out)
+    out = small_bench_json(monkeypatch, capsys, "memory", bench, "bench_memory",
+                           steps=2, scale="test", settings=("sft_full", "align_lora_adapters"))
     assert out["bench"] == "memory" and out["image_px"] == 512 and out["rows_per_step"] == 2
     rows = out["settings"]
     assert rows["sft_full"]["memory_ratio"] == rows["sft_full"]["time_ratio"] == 1.0

@@ -3,25 +3,18 @@ benches (tiny recipe model, real batches, both loops), JSON fields and token cou
 
 from __future__ import annotations
 
-import json
-
 from flows.bench.overhead import bare_loop, platform_loop, tiny_setup
 from flows.bench.pixel_shuffle import bench_pixel_shuffle
 from flows.commands.bench import BENCHES
+from tests.flows.bench.helpers import small_bench_json
 
 
 def test_overhead_bench_runs_both_loops_and_reports_a_ratio(monkeypatch, capsys):
     import flows.bench.overhead as bench
 
     assert {"overhead", "pixel-shuffle"} <= set(BENCHES)
-    real = bench.bench_overhead
-    monkeypatch.setattr(bench, "bench_overhead",
-                        lambda recipe_path: real(steps=2, repeats=1, batch_size=2,
-                                                 recipe_path=recipe_path))
-    from flows.commands.bench import run_bench
-
-    assert run_bench("overhead", "configs/tiny.yaml", as_json=True) == 0
-    out = json.loads(capsys.readouterr().out)
+    out = small_bench_json(monkeypatch, capsys, "overhead", bench, "bench_overhead",
+                           steps=2, repeats=1, batch_size=2)
     assert out["bench"] == "overhead" and out["image_px"] == 64
     assert {"platform_step_ms", "bare_step_ms", "ratio", "goal", "cpu_time_ratio",
             "platform_setup_ms", "bare_setup_ms", "torch_threads"} <= set(out)

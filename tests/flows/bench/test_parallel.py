@@ -3,24 +3,20 @@ model on real batches, one process on every core and one one-thread process per 
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
 
-from flows.commands.bench import BENCHES, run_bench
+from flows.commands.bench import BENCHES
+from tests.flows.bench.helpers import small_bench_json
 
 
 def test_parallel_bench_times_both_layouts_and_reports_their_ratio(monkeypatch, capsys):
     import flows.bench.parallel as bench
 
     assert "parallel" in BENCHES
-    real = bench.bench_parallel
-    monkeypatch.setattr(bench, "bench_parallel",
-                        lambda recipe_path: real(steps=2, repeats=1, batch_size=2,
-                                                 recipe_path=recipe_path))
-    assert run_bench("parallel", "configs/tiny.yaml", as_json=True) == 0
-    out = json.loads(capsys.readouterr().out)
+    out = small_bench_json(monkeypatch, capsys, "parallel", bench, "bench_parallel",
+                           steps=2, repeats=1, batch_size=2)
     cores = os.cpu_count()
     assert out["bench"] == "parallel" and out["cores"] == cores
     one, many = out["samples_s_single"], out["samples_s_parallel"]

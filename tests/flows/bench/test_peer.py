@@ -4,8 +4,6 @@ processes)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -15,6 +13,7 @@ from components.training.stage import STAGE_RUNNERS
 from flows.bench.memory import prepare
 from flows.bench.peer import MAX_LENGTH, stage_batches, stage_model, stage_section, table
 from flows.bench.smolvlm_shape import TEST
+from tests.flows.bench.helpers import small_bench_json
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +38,7 @@ def test_trl_gets_the_batches_the_stage_trains_on(root, kind):
 @pytest.mark.slow
 def test_the_bench_runs_both_sides_and_prints_both_ratios(monkeypatch, capsys):
     import flows.bench.peer as bench
-    from flows.commands.bench import run_bench
-
-    real = bench.bench_peer
-    monkeypatch.setattr(bench, "bench_peer", lambda: real(steps=3))
-    assert run_bench("peer", "configs/tiny.yaml", as_json=True) == 0
-    out = json.loads(capsys.readouterr().out)
+    out = small_bench_json(monkeypatch, capsys, "peer", bench, "bench_peer", steps=3)
     assert set(out["runs"]) == {"vlmforge_sft", "trl_sft", "vlmforge_dpo", "trl_dpo"}
     for kind in ("sft", "dpo"):
         assert out[f"{kind}_speed_ratio"] > 0 and out[f"{kind}_memory_ratio"] > 0

@@ -3,23 +3,18 @@ real generated shards with and without the cache, and the losses agree."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from flows.commands.bench import BENCHES, run_bench
+from flows.commands.bench import BENCHES
+from tests.flows.bench.helpers import small_bench_json
 
 
 def test_tower_cache_bench_trains_both_arms_to_the_same_losses(monkeypatch, capsys):
     import flows.bench.tower_cache as bench
 
     assert "tower-cache" in BENCHES
-    real = bench.bench_tower_cache
-    monkeypatch.setattr(bench, "bench_tower_cache",
-                        lambda recipe_path: real(steps=2, images=8, repeats=1, longest_edges=(32,),
-                                                 recipe_path=recipe_path))
-    assert run_bench("tower-cache", "configs/tiny.yaml", as_json=True) == 0
-    out = json.loads(capsys.readouterr().out)
+    out = small_bench_json(monkeypatch, capsys, "tower-cache", bench, "bench_tower_cache",
+                           steps=2, images=8, repeats=1, longest_edges=(32,))
     row = {k.removeprefix("32px_"): v for k, v in out.items() if k.startswith("32px_")}
     assert row["stage"] == "pretrain-32px-bind" and not any(k.startswith("64px") for k in out)
     assert row["samples_s_uncached"] > 0 and row["samples_s_cached"] > 0
