@@ -34,30 +34,36 @@ def corrected_caption(answer: str, objects: list[dict]) -> str | None:
     return caption(named) if named else None
 
 
+def _is_caption(sample: Sample) -> bool:
+    return sample.record.get("hallucination") in ("object", "attribute")
+
+
 class CorrectedCaptionPairs:
     """The preference stream with the reference model's hallucinated captions as rejected
     and their corrections as chosen.
 
     Captions are generated lazily, ``chunk`` prompts at a time, so a resumed stage sees the
-    same pairs. ``judged`` counts caption prompts, ``replaced`` the pairs rewritten."""
+    same pairs; the frozen reference captions a prompt once (``answers``, by sample key), a
+    later epoch reuses it. ``judged`` counts caption prompts, ``replaced`` the pairs rewritten."""
 
     def __init__(self, samples: Iterable[Sample], reference, encoder: ChatEncoder, *,
                  chunk: int = 32, max_new_tokens: int = 32):
         self.samples, self.reference, self.encoder = samples, reference, encoder
         self.chunk, self.max_new_tokens = chunk, max_new_tokens
         self.judged = self.replaced = 0
+        self.answers: dict[str, str] = {}
 
     def __iter__(self) -> Iterator[Sample]:
         stream = iter(self.samples)
         while chunk := list(itertools.islice(stream, self.chunk)):
-            captions = [s for s in chunk if s.record.get("hallucination") in ("object", "attribute")]
+            new = list({s.key: s for s in chunk if _is_caption(s) and s.key not in self.answers}.values())
             answers = generate_answers(self.reference, self.encoder,
-                                       [(s.record["messages"], s.images) for s in captions],
+                                       [(s.record["messages"], s.images) for s in new],
                                        max_new_tokens=self.max_new_tokens, batch_size=self.chunk)
-            rewritten = dict(zip((s.key for s in captions), answers, strict=True))
+            self.answers.update(zip((s.key for s in new), answers, strict=True))
             for sample in chunk:
-                if sample.key in rewritten:
-                    sample = self._pair(sample, rewritten[sample.key])
+                if _is_caption(sample):
+                    sample = self._pair(sample, self.answers[sample.key])
                 yield sample
 
     def _pair(self, sample: Sample, answer: str) -> Sample:

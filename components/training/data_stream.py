@@ -25,6 +25,7 @@ from components.data.sample import Sample
 from components.data.shards import read_samples, shard_paths
 from components.data.synthetic import TEXT_ONLY_SOURCES
 from components.model.chat import ChatEncoder, Encoded, collate
+from components.training.encode_memo import EncodeMemo
 from components.training.packing import RowPacker, collate_packed
 
 SHUFFLE_BUFFER = 1000  # decoded samples held for shuffling, shared out among a mixture's sources
@@ -170,7 +171,8 @@ class ChatBatches:
 
     With `packing`, a batch is `batch_size` rows of up to `encoder.max_length` tokens,
     each holding several whole conversations (first fit in arrival order); the batch
-    then carries `position_ids` restarting per conversation (see `packing`).
+    then carries `position_ids` restarting per conversation (see `packing`). Each distinct
+    sample is encoded once (`memo`, encode_memo.py).
     """
 
     rows_per_sample = 1
@@ -181,6 +183,7 @@ class ChatBatches:
         self.split_turns, self.question_types = split_turns, question_types
         self.skipped = 0
         self.pad_id = encoder.tokenizer.pad_token_id
+        self.memo = EncodeMemo()
 
     @property
     def dropped(self) -> int:
@@ -207,7 +210,7 @@ class ChatBatches:
             return
         items: list[Encoded] = []
         for sample in self.samples:
-            enc = self.encode(sample)
+            enc = self.memo(sample, self.encode)
             if enc is None:
                 self.skipped += 1
                 continue
@@ -220,7 +223,7 @@ class ChatBatches:
     def _packed(self) -> Iterator[dict]:
         packer, items = RowPacker(self.encoder.max_length, self.batch_size), []
         for sample in self.samples:
-            enc = self.encode(sample)
+            enc = self.memo(sample, self.encode)
             if enc is None:
                 self.skipped += 1
                 continue

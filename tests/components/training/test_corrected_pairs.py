@@ -9,6 +9,8 @@ from components.data.corpus import generate_samples
 from components.evaluation.caption_hallucination import hallucinated_mentions
 from components.model.architectures.idefics3 import assemble_idefics3, build_processor
 from components.model.chat import ChatEncoder, collate
+from components.evaluation.generate import generate_answers
+from components.training import corrected_pairs
 from components.training.corrected_pairs import CorrectedCaptionPairs, corrected_caption
 
 FIXED = "a red triangle at the top left and a blue triangle at the top right."
@@ -26,7 +28,7 @@ def test_a_caption_is_corrected_object_by_object_by_colour():
     assert corrected_caption("a green circle at the top left.", SCENE) is None  # nothing to keep
 
 
-def test_hallucinated_captions_of_the_reference_become_rejected(backbones, tokenizer):
+def test_hallucinated_captions_of_the_reference_become_rejected(backbones, tokenizer, monkeypatch):
     model = assemble_idefics3(*backbones, tokenizer, scale_factor=2)
     processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
     encoder = ChatEncoder(processor, 256)
@@ -38,13 +40,22 @@ def test_hallucinated_captions_of_the_reference_become_rejected(backbones, token
         optimizer.zero_grad()
         model(**batch).loss.backward()
         optimizer.step()
-    pairs = CorrectedCaptionPairs(samples, model, encoder, chunk=8, max_new_tokens=48)
+    prompted = []
+
+    def counted(model, encoder, prompts, **kw):
+        prompted.extend(prompts)
+        return generate_answers(model, encoder, prompts, **kw)
+
+    monkeypatch.setattr(corrected_pairs, "generate_answers", counted)
+    pairs = CorrectedCaptionPairs(samples + samples, model, encoder, chunk=8, max_new_tokens=48)
     out = list(pairs)
+    assert [s.record for s in out[len(samples):]] == [s.record for s in out[: len(samples)]]
+    out = out[: len(samples)]  # the second epoch repeats the first, without generating again
     assert [s.key for s in out] == [s.key for s in samples]
     captions = [s for s in samples if s.record["hallucination"] in ("object", "attribute")]
-    assert pairs.judged == len(captions) > 0
+    assert len(prompted) == len(captions) > 0 and pairs.judged == 2 * len(captions)
     rewritten = [s for s in out if s.record.get("rejected_from") == "model"]
-    assert len(rewritten) == pairs.replaced > 0
+    assert 2 * len(rewritten) == pairs.replaced > 0
     for s in rewritten:
         objects = s.record["objects"]
         assert s.record["rejected"] == FIXED and hallucinated_mentions(FIXED, objects)
