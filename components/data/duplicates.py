@@ -36,7 +36,7 @@ import io
 import json
 import re
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,8 @@ IMAGE_MEMBER = re.compile(r"^(?P<key>[^.]+)\.(?P<image>\d{3}\.\w+)$")
 CHUNK = 1024
 MODES = CONTAMINATION_MODES
 
-ImageSource = Callable[[], Iterator[tuple[str, Image.Image]]]  # re-iterable (id, image) pairs
+# re-iterable (id, image) pairs; given a set of ids, only those images are decoded and yielded
+ImageSource = Callable[..., Iterator[tuple[str, Image.Image]]]
 
 
 @dataclass
@@ -259,7 +260,7 @@ class _Verifier:
 
 
 def _load(source: ImageSource, wanted: set[str]) -> dict[str, Image.Image]:
-    return {i: rgb(im) for i, im in source() if i in wanted} if wanted else {}
+    return {i: rgb(im) for i, im in source(wanted)} if wanted else {}
 
 
 def find_duplicates(a_source: ImageSource, b_source: ImageSource | None = None, *,
@@ -295,16 +296,16 @@ def shard_images(shards: Iterable[str | Path], prefix: str = "") -> ImageSource:
     with tarfile (importing webdataset would import torch)."""
     paths = [Path(p) for p in shards]
 
-    def read() -> Iterator[tuple[str, Image.Image]]:
+    def read(wanted: Collection[str] | None = None) -> Iterator[tuple[str, Image.Image]]:
         for path in paths:
             with tarfile.open(path) as tar:
                 for member in tar:
                     found = IMAGE_MEMBER.match(member.name)
-                    if found and member.isfile():
-                        data = tar.extractfile(member).read()
-                        image = Image.open(io.BytesIO(data))
+                    image_id = found and f"{prefix}{found['key']}/{found['image']}"
+                    if found and member.isfile() and (wanted is None or image_id in wanted):
+                        image = Image.open(io.BytesIO(tar.extractfile(member).read()))
                         image.load()
-                        yield f"{prefix}{found['key']}/{found['image']}", image
+                        yield image_id, image
     return read
 
 
@@ -313,15 +314,18 @@ def file_images(files: Iterable[str | Path], root: str | Path | None = None) -> 
     (the suite's own loader reports them)."""
     paths = sorted(Path(f) for f in files)
 
-    def read() -> Iterator[tuple[str, Image.Image]]:
+    def read(wanted: Collection[str] | None = None) -> Iterator[tuple[str, Image.Image]]:
         for path in paths:
+            image_id = str(path.relative_to(root)) if root else str(path)
+            if wanted is not None and image_id not in wanted:
+                continue
             try:
                 with Image.open(path) as image:
                     image.load()
                     loaded = rgb(image)
             except (OSError, ValueError, Image.DecompressionBombError):
                 continue
-            yield (str(path.relative_to(root)) if root else str(path)), loaded
+            yield image_id, loaded
     return read
 
 

@@ -159,18 +159,19 @@ def _moments(model, image_processor, tokenizer, records: Iterable[tuple[Image.Im
                  ysum=torch.zeros(proj.out_features, dtype=torch.float64))
     batch: list[tuple[Image.Image, list]] = []
 
-    def flush() -> None:
+    def flush() -> None:  # one product per chunk: per image, the d x d sums cost more than the tower
         tokens = tokens_of(model, image_processor, [img for img, _ in batch])
-        for (_, annotated), (x, boxes, w) in zip(batch, tokens, strict=True):
-            x = x.double()
-            y = token_targets(annotated, boxes, tokenizer, embeddings).double()
-            m.xtx.add_(x.T @ (w * x))
-            m.xty.add_(x.T @ (w * y))
-            m.yty += float((w * y * y).sum())
-            m.ysum.add_((w * y).sum(0))
-            m.tokens += len(boxes)
-            m.total_weight += float(w.sum())
-            m.images += 1
+        x = torch.cat([x for x, _, _ in tokens]).double()
+        w = torch.cat([w for _, _, w in tokens])
+        y = torch.cat([token_targets(annotated, boxes, tokenizer, embeddings)
+                       for (_, annotated), (_, boxes, _) in zip(batch, tokens, strict=True)]).double()
+        m.xtx.add_(x.T @ (w * x))
+        m.xty.add_(x.T @ (w * y))
+        m.yty += float((w * y * y).sum())
+        m.ysum.add_((w * y).sum(0))
+        m.tokens += len(x)
+        m.total_weight += float(w.sum())
+        m.images += len(tokens)
         batch.clear()
 
     was_training = model.training

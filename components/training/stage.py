@@ -86,17 +86,17 @@ def run_stage(model, processor, stage: StageBase, shards: Path, *, seed: int, ma
 
     `gradient_checkpointing` recomputes the vision tower's and the LM's layer activations in
     backward (transformers' own, non-reentrant). While the vision tower is frozen it computes
-    each distinct image once (tower_cache.py). An align stage with `reference: cached`
+    each distinct image once, in the connector fit, the training and every later stage that
+    keeps the same tower (tower_cache.py). An align stage with `reference: cached`
     computes the reference log-probs of every row it will train on before the first step,
     kept in `reference_file` when given (reused by a later run with the same reference model
     and data: the caller names the file after both)."""
-    grounding = (ground_connector(model, processor, stage, shards)
-                 if getattr(stage, "ground_connector", None) else None)
-    if stage.train.steps == 0:
-        return StageRun(LoopResult(steps=0, samples=0, seconds=0.0), 0, grounding=grounding)
     with cached_tower(model) as tower_stats:
-        run = _train(model, processor, stage, shards, seed, max_length, on_log, checkpoint_dir,
-                     reference_file)
+        grounding = (ground_connector(model, processor, stage, shards)
+                     if getattr(stage, "ground_connector", None) else None)
+        run = (_train(model, processor, stage, shards, seed, max_length, on_log, checkpoint_dir,
+                      reference_file)
+               if stage.train.steps else StageRun(LoopResult(steps=0, samples=0, seconds=0.0), 0))
     run.grounding, run.tower_cache = grounding, tower_stats
     return run
 

@@ -1,16 +1,24 @@
-"""A frozen vision tower computes each distinct image once per stage.
+"""A frozen vision tower computes each distinct image once per process.
 
-While the tower is frozen, its output for an image never changes, yet a stage shows it
-the same image many times: every epoch, and in split-turn batches once per question about
-it (a scene asked five questions fills five rows with the same image). `cached_tower`
-makes the tower's forward look every image up by its content (a digest of its pixels and
-patch mask) and run the tower on the misses only; the connector, which may train, still
-runs on every row.
+While the tower is frozen, its output for an image never changes, yet a pipeline shows it
+the same image many times: every epoch, in split-turn batches once per question about it (a
+scene asked five questions fills five rows with the same image), in every later stage that
+keeps the same tower, and in the evaluation of each stage's version. `cached_tower` makes
+the tower's forward look every image up by its content (a digest of its pixels and patch
+mask) and run the tower on the misses only; the connector, which may train, still runs on
+every row.
+
+The outputs live in a store keyed by a digest of the tower's weights (and buffers), so every
+model holding the same tower shares them: the next stage, align's frozen reference copy, the
+evaluation of each registered version. Only the latest tower's store is kept
+(`clear_shared` drops it). The weights are read when the cache starts serving and again
+after any call that stepped aside, so a tower that trained in between gets a store of its own;
+changing a frozen tower's weights in place while it serves is not seen.
 
 The cache steps aside (the tower runs as usual) whenever caching could change a result:
-a tower parameter that requires grad, or a dropout that is active (the tower in train mode
-with p > 0). It holds at most `max_bytes` of outputs: past that it stops adding, and the
-images it holds keep being served. Outputs are ModelOutputs whose tensors (or tuples of
+a tower parameter that requires grad, or a dropout (or batch norm) that is active (the tower
+in train mode). The store holds at most `max_bytes` of outputs: past that it stops adding, and
+the images it holds keep being served. Outputs are ModelOutputs whose tensors (or tuples of
 tensors) have one row per image; a tower returning anything else is called as usual.
 """
 
@@ -18,10 +26,11 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -34,7 +43,7 @@ ENV = "VLMFORGE_TOWER_CACHE_MB"  # the byte budget in MiB; 0 turns the cache off
 class CacheStats:
     hits: int = 0  # images (tiles and views: what the tower sees) served from the cache
     misses: int = 0  # images the tower computed
-    bytes: int = 0  # held now
+    bytes: int = 0  # held now by the tower's store (shared with other models of the same tower)
     bypassed: int = 0  # tower calls passed straight through (trainable, dropout, or uncacheable output)
 
     def metrics(self) -> dict[str, float]:
@@ -102,6 +111,40 @@ def _nbytes(piece) -> int:
     return piece.numel() * piece.element_size()
 
 
+@dataclass
+class _Store:
+    max_bytes: int
+    entries: dict[bytes, dict] = field(default_factory=dict)
+    bytes: int = 0
+    template: type | None = None  # the tower's output class
+
+
+_SHARED: dict[bytes, _Store] = {}  # the latest tower's store, by weights digest
+
+
+def clear_shared() -> None:
+    """Drop the shared store (its memory, and every image it holds)."""
+    _SHARED.clear()
+
+
+def weights_digest(tower: nn.Module) -> bytes:
+    """A digest of the tower's class, parameters and buffers (names, dtypes, shapes, devices, values)."""
+    h = hashlib.blake2b(type(tower).__name__.encode(), digest_size=16)
+    for name, t in itertools.chain(tower.named_parameters(), tower.named_buffers()):
+        host = t.detach().cpu().contiguous()
+        h.update(f"{name}{host.dtype}{tuple(host.shape)}{t.device}".encode())
+        h.update(host.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()
+
+
+def _shared_store(digest: bytes, max_bytes: int) -> _Store:
+    store = _SHARED.get(digest)
+    if store is None or store.max_bytes != max_bytes:
+        _SHARED.clear()
+        store = _SHARED[digest] = _Store(max_bytes)
+    return store
+
+
 class CachedForward:
     """A tower's forward that serves repeated images from a content-keyed cache."""
 
@@ -109,20 +152,23 @@ class CachedForward:
         self.forward, self.tower, self.max_bytes = forward, tower, max_bytes
         self.stats = CacheStats()
         self.params: list[nn.Parameter] | None = None  # looked up on the first call: a copy's
-        self.dropout = False  # tower is still being built when its forward is copied
-        self.store: dict[bytes, dict] = {}
+        self.dropout = False  # tower is still being built when its forward is copied (dropout
+        # or batch norm: a train-mode output differs from an eval-mode one)
+        self.store: _Store | None = None  # the store of the tower's current weights
         self.cacheable = True
-        self.template: type | None = None  # the tower's output class
 
     def __deepcopy__(self, memo):
-        # a copy of the model (a frozen reference, an FSDP shard) gets its own empty cache
+        # a copy of the model (a frozen reference, an FSDP shard) looks its store up by its
+        # own weights: the same store while they are equal
         return CachedForward(copy.deepcopy(self.forward, memo), copy.deepcopy(self.tower, memo),
                              self.max_bytes)
 
     def _bypass(self) -> bool:
         if self.params is None:
             self.params = list(self.tower.parameters())
-            self.dropout = (any(isinstance(m, nn.Dropout) and m.p > 0 for m in self.tower.modules())
+            self.dropout = (any((isinstance(m, nn.Dropout) and m.p > 0)
+                                or isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                for m in self.tower.modules())
                             or bool(getattr(getattr(self.tower, "config", None), "attention_dropout", 0.0)))
         return (not self.cacheable or any(p.requires_grad for p in self.params)
                 or (self.tower.training and self.dropout))
@@ -130,7 +176,11 @@ class CachedForward:
     def __call__(self, *args, **kwargs):
         if self._bypass():
             self.stats.bypassed += 1
+            self.store = None  # the weights may change before the next cached call
             return self.forward(*args, **kwargs)
+        if self.store is None:
+            self.store = _shared_store(weights_digest(self.tower), self.max_bytes)
+        store = self.store
         if args:
             kwargs["pixel_values"], args = args[0], args[1:]
         pixels = kwargs.pop("pixel_values")
@@ -146,7 +196,7 @@ class CachedForward:
         first: dict[bytes, int] = {}  # each distinct image's first row
         for i, key in enumerate(keys):
             first.setdefault(key, i)
-        missing = [i for key, i in first.items() if key not in self.store]
+        missing = [i for key, i in first.items() if key not in store.entries]
         fresh = self._compute(missing, keys, pixels, per_image, shared) if missing else {}
         if fresh is None:  # an output without a row per image: the whole batch, as usual
             return self.forward(pixel_values=pixels, **per_image, **shared)
@@ -154,11 +204,12 @@ class CachedForward:
         self.stats.misses += len(missing)
         for key, piece in fresh.items():
             size = sum(_nbytes(p) for p in piece.values())
-            if self.stats.bytes + size <= self.max_bytes:
-                self.store[key] = piece
-                self.stats.bytes += size
-        pieces = [fresh.get(key) or self.store[key] for key in keys]
-        return self.template(**{k: _stack([p[k] for p in pieces]) for k in pieces[0]})
+            if store.bytes + size <= store.max_bytes:
+                store.entries[key] = piece
+                store.bytes += size
+        self.stats.bytes = store.bytes
+        pieces = [fresh.get(key) or store.entries[key] for key in keys]
+        return store.template(**{k: _stack([p[k] for p in pieces]) for k in pieces[0]})
 
     def _compute(self, rows: list[int], keys: list[bytes], pixels: torch.Tensor, per_image: dict,
                  shared: dict) -> dict[bytes, dict] | None:
@@ -170,7 +221,7 @@ class CachedForward:
         if fields is None or any(pieces is None for pieces in fields.values()):
             self.cacheable = False
             return None
-        self.template = type(out)
+        self.store.template = type(out)
         return {keys[i]: {k: pieces[j] for k, pieces in fields.items()} for j, i in enumerate(rows)}
 
 

@@ -78,11 +78,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = checked_recipe(args)
     if recipe is None:
         return 2
+    from flows.environment import prestart_prefect_server
+
+    server_started = prestart_prefect_server()  # while the pipeline's modules import
     from flows.pipeline import pipeline
     from flows.stages.launch import StageLauncher
 
     launcher = (StageLauncher(args.recipe, args.num_processes, args.accelerate_config)
                 if args.launcher == "accelerate" else None)
+    server_started()
     result = pipeline(recipe, force=args.force, launcher=launcher)
     print(result.summary(recipe.registered_model))
     return 0

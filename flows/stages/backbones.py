@@ -26,6 +26,7 @@ from components.recipe import Recipe, backbone_cache_key
 from components.training.backbones import (
     corpus_chat_texts,
     image_caption_pairs,
+    text_length,
     train_language_model,
     train_vision_tower,
     zero_shot_accuracy,
@@ -82,14 +83,17 @@ def vision_task(recipe: Recipe, data: DataVersion, parent_run_id: str | None, fo
         return hit
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(data.tokenizer)
-    tower = dict(spec.config)
-    clip = tower.pop("model_type", "siglip_vision_model") == "clip_vision_model"
-    config = SiglipConfig(text_config=tiny_text_tower_config(len(tokenizer), **spec.text_tower).to_dict(),
-                          vision_config=tiny_vision_config(**tower).to_dict())
     triples = image_caption_pairs(data.shards, "train", recipe.seed)
     if not triples:
         raise ValueError(f"{spec.registered_model}: no image-caption pairs in the train split: the "
                          "tiny vision tower trains on captions (a synthetic source or a caption dataset)")
+    tower = dict(spec.config)
+    clip = tower.pop("model_type", "siglip_vision_model") == "clip_vision_model"
+    text_tower = tiny_text_tower_config(len(tokenizer), **spec.text_tower)
+    if "max_position_embeddings" not in spec.text_tower:
+        text_tower.max_position_embeddings = text_length(
+            tokenizer, [t for _, c, n in triples for t in (c, n)], text_tower.max_position_embeddings)
+    config = SiglipConfig(text_config=text_tower.to_dict(), vision_config=tiny_vision_config(**tower).to_dict())
     with registry.start_run(spec.registered_model, parent_run_id=parent_run_id,
                             tags={"stage": "backbones", "backbone": "vision"}) as run_id:
         log_data_inputs(data, run_id)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import registry
 from components.data.version import DataVersion
 from components.recipe import Recipe
+from flows.concurrency import map_in_threads
 from flows.lineage import markdown_table, publish_markdown
 from flows.stages.evaluate import Intervals, evaluate_version
 from registry.promotion import read_intervals
@@ -91,12 +92,14 @@ def compare_stages(recipe: Recipe, versions: dict[str, str], data: DataVersion,
                    parent_run_id: str | None, force: bool,
                    scored: dict[str, dict[str, float]] | None = None) -> StageComparison:
     """Score every stage's version (default suite, reused when already scored, or taken from
-    ``scored``: version -> metrics of this run) and log the comparison: one MLflow run with
-    ``<stage>.<metric>`` and the checks, a Prefect table."""
-    scored = scored or {}
-    metrics = {stage: scored[version] if version in scored else
-               evaluate_version(recipe, version, data, parent_run_id, force).metrics
-               for stage, version in versions.items()}
+    ``scored``: version -> metrics of this run; two versions at a time, see concurrency.py)
+    and log the comparison: one MLflow run with ``<stage>.<metric>`` and the checks, a Prefect
+    table."""
+    scored = dict(scored or {})
+    todo = [v for v in dict.fromkeys(versions.values()) if v not in scored]
+    outcomes = map_in_threads(lambda v: evaluate_version(recipe, v, data, parent_run_id, force), todo)
+    scored.update({o.version: o.metrics for o in outcomes})
+    metrics = {stage: scored[version] for stage, version in versions.items()}
     intervals = {stage: read_intervals(recipe.registered_model, version)
                  for stage, version in versions.items()}
     comparison = StageComparison(versions, metrics, alignment_checks(recipe, metrics),

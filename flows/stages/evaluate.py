@@ -60,6 +60,7 @@ from components.evaluation.synthetic_suite import evaluate_suite
 from components.model.build import load_vlm
 from components.model.chat import ChatEncoder
 from components.recipe import Recipe, evaluation_cache_key, evaluation_view, fingerprint
+from components.training.tower_cache import cached_tower
 from flows.environment import vlmforge_home
 from flows.lineage import (
     log_data_inputs,
@@ -183,6 +184,13 @@ def recipe_suites(recipe: Recipe) -> dict[str, SuiteSpec]:
 
 
 @task(name="evaluate-suite")
+def _frozen(model):
+    """An evaluated model never trains: frozen, its vision tower computes each image once
+    across every version that holds the same tower (components/training/tower_cache.py)."""
+    model.requires_grad_(False)
+    return cached_tower(model)
+
+
 def evaluate_version(recipe: Recipe, version: str, data: DataVersion, parent_run_id: str | None,
                      force: bool, model_name: str | None = None) -> EvalOutcome:
     """The default held-out synthetic suite, metrics recorded unprefixed."""
@@ -204,9 +212,10 @@ def evaluate_version(recipe: Recipe, version: str, data: DataVersion, parent_run
         log_data_inputs(data, run_id)
         registry.log_params({"evaluate": recipe.evaluate.model_dump(mode="json"),
                              "model": f"models:/{name}/{version}", "questions": len(samples)})
-        suite = evaluate_suite(model, ChatEncoder(processor, recipe.model.max_length), samples,
-                               max_new_tokens=recipe.evaluate.max_new_tokens,
-                               batch_size=recipe.evaluate.batch_size)
+        with _frozen(model):
+            suite = evaluate_suite(model, ChatEncoder(processor, recipe.model.max_length), samples,
+                                   max_new_tokens=recipe.evaluate.max_new_tokens,
+                                   batch_size=recipe.evaluate.batch_size)
         registry.log_metrics(suite.metrics)
         log_predictions(suite.rows, [s.images[0] if s.images else None for s in samples],
                         "test", recipe.evaluate.samples_to_log)
@@ -257,10 +266,11 @@ def evaluate_benchmark(recipe: Recipe, suite: str, spec: SuiteSpec, model_name: 
             log_data_inputs(data, run_id)
         registry.log_params({"suite": {"name": suite, **spec.model_dump(mode="json")},
                              "model": f"models:/{model_name}/{version}"})
-        result = run_benchmark(spec, model, encoder, data,
-                               max_new_tokens=recipe.evaluate.max_new_tokens,
-                               batch_size=recipe.evaluate.batch_size,
-                               judge_cache=vlmforge_home() / "judge-cache")
+        with _frozen(model):
+            result = run_benchmark(spec, model, encoder, data,
+                                   max_new_tokens=recipe.evaluate.max_new_tokens,
+                                   batch_size=recipe.evaluate.batch_size,
+                                   judge_cache=vlmforge_home() / "judge-cache")
         metrics = {f"{prefix}{k}": v for k, v in result.metrics.items()}
         registry.log_metrics(metrics)
         registry.log_params({"questions": len(result.rows)})

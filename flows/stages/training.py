@@ -27,6 +27,7 @@ from components.model.freeze import merge_lora
 from components.recipe import STAGE_KINDS, Recipe, StageBase, fingerprint, stage_cache_key
 from components.training.checkpoints import CheckpointLock
 from components.training.stage import run_stage
+from components.training.tower_cache import cached_tower
 from flows.environment import vlmforge_home
 from flows.lineage import (
     StepLogger,
@@ -194,9 +195,10 @@ def _train_and_register(recipe: Recipe, stage: StageBase, data: DataVersion,
             registry.log_params({"resumed_from_step": run.result.resumed_from})
         seconds = time.perf_counter() - start
         samples = quick_eval_samples(data)
-        suite = evaluate_suite(model, ChatEncoder(processor, recipe.model.max_length), samples,
-                               max_new_tokens=recipe.evaluate.max_new_tokens,
-                               batch_size=recipe.evaluate.batch_size)
+        with cached_tower(model):  # the val images, seen by every stage's probe
+            suite = evaluate_suite(model, ChatEncoder(processor, recipe.model.max_length), samples,
+                                   max_new_tokens=recipe.evaluate.max_new_tokens,
+                                   batch_size=recipe.evaluate.batch_size)
         metrics = {**({"loss_first": run.result.mean_loss(first=True),
                        "loss_last": run.result.mean_loss(first=False)} if run.result.history else {}),
                    **(grounding_metrics(run.grounding) if run.grounding else {}),

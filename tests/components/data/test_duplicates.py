@@ -24,9 +24,11 @@ from components.data.duplicates import (
     is_near_duplicate,
     quarantined_keys,
     resized_copy,
+    shard_images,
     verify_distances,
 )
 from components.data.export import export_coco_captions
+from components.data.shards import write_shard
 from components.data.synthetic.scene import Scene, SceneObject, render_scene
 
 # (scale, JPEG quality or None) of the 20 planted copies: within the rule (factor >= 0.5,
@@ -145,3 +147,20 @@ def test_unreadable_suite_files_are_skipped(tmp_path):
     Image.new("RGB", (8, 8), "red").save(tmp_path / "ok.png")
     assert [i for i, _ in folder_images(tmp_path)()] == ["ok.png"]
     assert isinstance(next(iter(folder_images(Path(tmp_path))()))[1], Image.Image)
+
+
+def test_a_source_asked_for_some_ids_decodes_only_those(tmp_path):
+    samples = list(generate_samples("scenes_vqa", 0, "train", 0, 5, image_size=32))
+    write_shard(samples, tmp_path / "train-0000.tar")
+    read = shard_images([tmp_path / "train-0000.tar"], "train/")
+    everything = dict(read())
+    assert len(everything) == 5
+    wanted = {f"train/{samples[1].key}/000.png", f"train/{samples[3].key}/000.png", "train/absent/000.png"}
+    some = dict(read(wanted))
+    assert set(some) == wanted - {"train/absent/000.png"}
+    assert all(some[i].tobytes() == everything[i].tobytes() for i in some)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for s in samples:
+        s.images[0].save(folder / f"{s.key}.png")
+    assert [i for i, _ in folder_images(folder)({f"{samples[0].key}.png"})] == [f"{samples[0].key}.png"]

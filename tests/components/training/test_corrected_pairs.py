@@ -7,9 +7,9 @@ import torch
 
 from components.data.corpus import generate_samples
 from components.evaluation.caption_hallucination import hallucinated_mentions
+from components.evaluation.generate import generate_answers
 from components.model.architectures.idefics3 import assemble_idefics3, build_processor
 from components.model.chat import ChatEncoder, collate
-from components.evaluation.generate import generate_answers
 from components.training import corrected_pairs
 from components.training.corrected_pairs import CorrectedCaptionPairs, corrected_caption
 

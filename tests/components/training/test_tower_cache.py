@@ -1,5 +1,6 @@
 """A frozen vision tower serves repeated images from its cache and changes nothing else: the
-same loss and gradients in every architecture, fewer images through the tower; a tower that
+same loss and gradients in every architecture, fewer images through the tower; every model
+holding the same tower (a copy, a saved and reloaded version) shares the store; a tower that
 trains, or a cache without room, computes every image as before."""
 
 from __future__ import annotations
@@ -9,12 +10,21 @@ import copy
 import pytest
 import torch
 
+from components.model.build import load_vlm, save_vlm
 from components.model.freeze import apply_unfreezing
 from components.training.stage import run_stage
-from components.training.tower_cache import budget_bytes, cached_tower, vision_tower
+from components.training.tower_cache import budget_bytes, cached_tower, clear_shared, vision_tower
 from tests.components.model.helpers import SCHEDULES, build, colour_batch
 from tests.components.training.test_activations import loss_and_grads
 from tests.components.training.test_stage import _stage, shards  # noqa: F401 (fixture)
+
+
+@pytest.fixture(autouse=True)
+def empty_store():
+    """Each test starts without images cached by an earlier one (same seeds, same towers)."""
+    clear_shared()
+    yield
+    clear_shared()
 
 
 def counting_rows(monkeypatch, tower) -> list[int]:
@@ -73,7 +83,7 @@ def test_a_tower_that_trains_or_a_full_cache_computes_every_image(tokenizer, tmp
     assert rows == [2, 2] and stats.bytes == 0 and stats.hits == 4  # repeats within a batch only
 
 
-def test_a_copy_of_the_model_gets_its_own_cache(tokenizer, tmp_path):
+def test_a_copy_with_changed_tower_weights_gets_its_own_store(tokenizer, tmp_path):
     _, _, model, processor = build("idefics3", tokenizer, tmp_path)
     apply_unfreezing(model, SCHEDULES["idefics3"])
     batch = colour_batch(processor)
@@ -82,12 +92,41 @@ def test_a_copy_of_the_model_gets_its_own_cache(tokenizer, tmp_path):
         expected = model(**batch).logits
         with cached_tower(model, max_bytes=2**20) as stats:
             model(**batch)
-            reference = copy.deepcopy(model)  # align's `reference: copy`
+            reference = copy.deepcopy(model)
             torch.nn.init.zeros_(vision_tower(reference).post_layernorm.weight)
             changed = reference(**batch).logits
-        assert stats.hits == 2  # only the original's repeats: the copy computed its own
+            assert torch.equal(model(**batch).logits, expected)
+        assert stats.hits == 6  # the original's repeats: the copy computed its own
         assert not torch.allclose(changed, expected)
-        assert torch.equal(model(**batch).logits, expected)
+
+
+def test_every_model_holding_the_same_tower_shares_its_images(tokenizer, tmp_path, monkeypatch):
+    _, _, model, processor = build("idefics3", tokenizer, tmp_path)
+    apply_unfreezing(model, {"vision": "frozen", "connector": "full", "text": "full"})
+    batch = colour_batch(processor)
+    model.eval()
+    with torch.no_grad(), cached_tower(model, max_bytes=2**20) as stats:
+        expected = model(**batch).logits  # a training stage: the two images computed
+        reference = copy.deepcopy(model)  # align's `reference: copy`
+        assert torch.equal(reference(**batch).logits, expected)
+    assert (stats.misses, stats.hits) == (2, 2)
+    loaded, _ = load_vlm(save_vlm(model, processor, tmp_path / "version"))  # an evaluated version
+    loaded.requires_grad_(False)
+    rows = counting_rows(monkeypatch, vision_tower(loaded))
+    with torch.no_grad(), cached_tower(loaded, max_bytes=2**20) as served:
+        assert torch.allclose(loaded(**batch).logits, expected, atol=1e-6)
+    assert rows == [] and (served.misses, served.hits) == (0, 4)
+
+    apply_unfreezing(loaded, {"vision": "full", "connector": "full", "text": "full"})
+    with cached_tower(loaded, max_bytes=2**20) as trained:
+        loaded.train()
+        loss_and_grads(loaded, batch)
+        torch.optim.SGD(loaded.parameters(), lr=1.0).step()  # the tower changes
+        loaded.eval()
+        loaded.requires_grad_(False)
+        with torch.no_grad():
+            assert not torch.allclose(loaded(**batch).logits, expected)
+    assert rows == [4, 2] and trained.bypassed == 1 and trained.misses == 2  # new weights, new store
 
 
 def test_the_budget_comes_from_the_environment(monkeypatch, tokenizer, tmp_path):

@@ -17,7 +17,12 @@ from components.model.backbones import (
     tiny_vision_config,
 )
 from components.recipe import TrainSettings
-from components.training.backbones import embed_images, train_vision_tower, zero_shot_accuracy
+from components.training.backbones import (
+    embed_images,
+    text_length,
+    train_vision_tower,
+    zero_shot_accuracy,
+)
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 220),
            "yellow": (240, 210, 20)}
@@ -51,3 +56,10 @@ def test_the_tower_learns_captions_and_comes_back_whole(shape, tokenizer, tmp_pa
     loaded = load_vision_backbone(tmp_path).eval()
     with torch.no_grad():
         assert torch.equal(embed_images(loaded, pixels), embed_images(dual.vision_model.eval(), pixels))
+
+
+def test_the_text_tower_is_as_long_as_the_longest_caption(tokenizer):
+    captions = ["a red circle.", "a blue square at the top left and a green star at the bottom right."]
+    longest = max(len(tokenizer(c, add_special_tokens=False).input_ids) for c in captions)
+    assert text_length(tokenizer, captions, 48) == longest < 48
+    assert text_length(tokenizer, captions, 4) == 4  # the limit wins
