@@ -11,6 +11,7 @@ from prefect import flow
 import registry
 from components.data.version import DataVersion
 from components.recipe import STAGE_KINDS, Recipe
+from components.training.tower_cache import clear_shared
 from flows.lineage import git_sha, markdown_table, publish_markdown, publish_model_card, run_link
 from flows.stages.backbones import BackboneOutcome, backbones_flow
 from flows.stages.compare import COLUMNS, StageComparison, compare_stages
@@ -91,7 +92,17 @@ def pipeline(recipe: Recipe, force: bool = False, parent_run_id: str | None = No
              launcher: StageLauncher | None = None) -> PipelineResult:
     """Every stage of the recipe, each reusing its previous result when nothing changed
     (``parent_run_id``: the MLflow run this pipeline's run nests under, e.g. an ablation's;
-    ``launcher``: run the training stages on several processes, the others stay inline)."""
+    ``launcher``: run the training stages on several processes, the others stay inline).
+    The frozen tower's outputs, shared by its stages and evaluations, are dropped at the end
+    (a scheduler's process runs many pipelines)."""
+    try:
+        return _pipeline(recipe, force, parent_run_id, launcher)
+    finally:
+        clear_shared()
+
+
+def _pipeline(recipe: Recipe, force: bool, parent_run_id: str | None,
+              launcher: StageLauncher | None) -> PipelineResult:
     start = time.perf_counter()
     check_reachable(recipe)
     with registry.start_run(f"pipeline-{recipe.name}", parent_run_id=parent_run_id,

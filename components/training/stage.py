@@ -15,6 +15,7 @@ from components.recipe import STAGE_KINDS, AlignStage, StageBase, SupervisedStag
 from components.training.activations import activation_checkpointing
 from components.training.corrected_pairs import CorrectedCaptionPairs
 from components.training.data_stream import ChatBatches, PreferenceBatches, sample_stream
+from components.training.encode_memo import MemoStats
 from components.training.grounding import GroundingFit, fit_connector, regions
 from components.training.loop import LogFn, LoopResult, train
 from components.training.objectives import (
@@ -44,6 +45,7 @@ class StageRun:
     corrections: dict[str, int] = field(default_factory=dict)
     preflight: PreflightReport | None = None  # the data pipeline's checks before the first step
     tower_cache: CacheStats | None = None  # the frozen vision tower's reuse of repeated images
+    encode_memo: MemoStats | None = None  # the batches' reuse of encoded samples
 
     @property
     def skipped(self) -> int:
@@ -124,7 +126,7 @@ def _train(model, processor, stage: StageBase, shards: Path, seed: int, max_leng
     corrections = ({"captions_judged": plan.samples.judged, "pairs_corrected": plan.samples.replaced}
                    if isinstance(plan.samples, CorrectedCaptionPairs) else {})
     return StageRun(result, plan.batches.skipped, dict(getattr(plan.stream, "counts", {})),
-                    corrections=corrections, preflight=checked)
+                    corrections=corrections, preflight=checked, encode_memo=plan.batches.memo.stats)
 
 
 def cached_reference(model, stage: AlignStage, shards: Path, encoder: ChatEncoder, seed: int,

@@ -207,6 +207,7 @@ def _train_and_register(recipe: Recipe, stage: StageBase, data: DataVersion,
                    **{k: float(n) for k, n in run.corrections.items()},
                    **(run.preflight.metrics() if run.preflight else {}),
                    **(run.tower_cache.metrics() if run.tower_cache else {}),
+                   **(run.encode_memo.metrics() if run.encode_memo else {}),
                    **{f"heldout_{k}": v for k, v in suite.metrics.items()}}
         registry.log_metrics(metrics)
         log_predictions(suite.rows, [s.images[0] if s.images else None for s in samples],

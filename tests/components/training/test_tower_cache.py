@@ -149,4 +149,5 @@ def test_a_stage_with_a_frozen_tower_reports_its_cache(tokenizer, tmp_path, shar
     run = run_stage(model, processor, stage, shards, seed=0, max_length=256)
     metrics = run.tower_cache.metrics()
     assert metrics["tower_cache_hits"] > 0 and metrics["tower_cache_misses"] > 0  # turns share images
+    assert run.encode_memo.misses > 0 and "encode_memo_hit_rate" in run.encode_memo.metrics()
     assert "forward" not in vars(vision_tower(model))
