@@ -46,3 +46,19 @@ def message_text(message: dict[str, Any]) -> str:
     if isinstance(content, str):
         return content
     return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+def single_turns(messages: list[dict]) -> list[list[dict]]:
+    """A conversation as one single-turn conversation per user turn, each with all the images.
+
+    Later turns of a conversation can be answered from earlier ones ("Where is the red circle?"
+    names the circle's colour), so a model trained on whole conversations learns to copy from
+    the text; split, every answer has to come from the image."""
+    images = [part for m in messages if m["role"] == "user" for part in m["content"]
+              if part.get("type") == "image"]
+    out = []
+    for i, m in enumerate(messages):
+        if m["role"] == "user" and i + 1 < len(messages) and messages[i + 1]["role"] == "assistant":
+            text = [part for part in m["content"] if part.get("type") != "image"]
+            out.append([{"role": "user", "content": images + text}, messages[i + 1]])
+    return out

@@ -16,7 +16,7 @@ from components.data.shards import read_samples, split_shards
 from components.data.version import DataVersion
 from components.evaluation.official_scoring import score_files
 from components.evaluation.suites import DATA_SUITES, SUITE_KINDS, JudgeSpec, SuiteSpec
-from components.evaluation.synthetic_suite import evaluate_suite
+from components.evaluation.synthetic_suite import as_questions, evaluate_suite
 
 IMAGE_CHUNK = 256  # official sets: images loaded this many prompts at a time
 
@@ -231,7 +231,7 @@ def run_synthetic(spec: SuiteSpec, model, encoder, data: DataVersion, *, max_new
     from components.evaluation.generate import generate_answers
     from components.evaluation.synthetic_suite import score_predictions
 
-    samples = _split_samples(data, spec.split)
+    samples = as_questions(_split_samples(data, spec.split))
     if not spec.shots:
         suite = evaluate_suite(model, encoder, samples, max_new_tokens=max_new_tokens,
                                batch_size=batch_size)

@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from components.data.duplicates import quarantined_keys
-from components.data.sample import Sample
+from components.data.sample import Sample, single_turns
 from components.data.shards import read_samples, shard_paths
 from components.data.synthetic import TEXT_ONLY_SOURCES
 from components.model.chat import ChatEncoder, Encoded, collate
@@ -138,22 +138,6 @@ def sample_stream(shards_dir: Path, sources: list[str], seed: int, text_ratio: f
     return MixedSamples(SampleStream(shard_paths(shards_dir, "train", text), seed=seed, skip=skip),
                         SampleStream(shard_paths(shards_dir, "train", image), seed=seed + 1, skip=skip),
                         text_ratio, seed=seed + 2)
-
-
-def single_turns(messages: list[dict]) -> list[list[dict]]:
-    """A conversation as one single-turn conversation per user turn, each with all the images.
-
-    Later turns of a conversation can be answered from earlier ones ("Where is the red circle?"
-    names the circle's colour), so a model trained on whole conversations learns to copy from
-    the text; split, every answer has to come from the image."""
-    images = [part for m in messages if m["role"] == "user" for part in m["content"]
-              if part.get("type") == "image"]
-    out = []
-    for i, m in enumerate(messages):
-        if m["role"] == "user" and i + 1 < len(messages) and messages[i + 1]["role"] == "assistant":
-            text = [part for part in m["content"] if part.get("type") != "image"]
-            out.append([{"role": "user", "content": images + text}, messages[i + 1]])
-    return out
 
 
 def turns_of_types(record: dict, types: Collection[str]) -> list[list[dict]]:
