@@ -11,9 +11,10 @@ every row.
 The outputs live in a store keyed by a digest of the tower's weights (and buffers), so every
 model holding the same tower shares them: the next stage, align's frozen reference copy, the
 evaluation of each registered version. Only the latest tower's store is kept
-(`clear_shared` drops it: the pipeline does when it ends). The weights are read when the cache starts serving and again
-after any call that stepped aside, so a tower that trained in between gets a store of its own;
-changing a frozen tower's weights in place while it serves is not seen.
+(`clear_shared` drops it: the pipeline does when it ends). The weights are read when the
+cache starts serving and again after any call that stepped aside, so a tower that trained in
+between gets a store of its own; changing a frozen tower's weights in place while it serves
+is not seen.
 
 The cache steps aside (the tower runs as usual) whenever caching could change a result:
 a tower parameter that requires grad, or a dropout (or batch norm) that is active (the tower
