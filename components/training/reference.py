@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from components.training.objectives import REFERENCE_LOGPS, sequence_logps
+from components.model.logps import sequence_logps
+from components.training.objectives import REFERENCE_LOGPS
 
 
 @contextmanager

@@ -24,6 +24,7 @@ COLUMNS = {"vqa_colour_accuracy": "colour", "vqa_count_accuracy": "count",
            "vqa_position_accuracy": "position", "vqa_existence_accuracy": "exists",
            "vqa_shape_accuracy": "shape",
            "vqa_accuracy": "vqa", "ocr_accuracy": "ocr", "text_accuracy": "text",
+           "text_answer_nll": "text_nll",
            "caption_cider": "cider", "caption_object_recall": "cap_recall",
            "existence_hallucination_rate": "halluc_yes",
            "caption_hallucination_rate": "halluc_caption", "hallucination_rate": "halluc"}
@@ -82,9 +83,10 @@ def alignment_checks(recipe: Recipe, metrics: dict[str, dict[str, float]]) -> di
             out["align_vqa_drop_points"] = 100 * (before["vqa_accuracy"] - after["vqa_accuracy"])
     if sft and (parent := recipe.previous_stage(sft[0])):
         before, after = metrics.get(parent.name, {}), metrics.get(sft[0].name, {})
-        if "text_accuracy" in before and "text_accuracy" in after:
-            out["sft_text_accuracy_before"] = before["text_accuracy"]
-            out["sft_text_accuracy_after"] = after["text_accuracy"]
+        for metric in ("text_accuracy", "text_answer_nll"):
+            if metric in before and metric in after:
+                out[f"sft_{metric}_before"] = before[metric]
+                out[f"sft_{metric}_after"] = after[metric]
     return out
 
 

@@ -41,6 +41,7 @@ from prefect import flow, get_run_logger, task
 import registry
 from components.data.shards import read_samples, split_shards
 from components.data.version import DataVersion
+from components.evaluation.answer_nll import answer_nll
 from components.evaluation.intervals import (
     Interval,
     ItemTable,
@@ -212,10 +213,15 @@ def evaluate_version(recipe: Recipe, version: str, data: DataVersion, parent_run
         log_data_inputs(data, run_id)
         registry.log_params({"evaluate": recipe.evaluate.model_dump(mode="json"),
                              "model": f"models:/{name}/{version}", "questions": len(samples)})
+        encoder = ChatEncoder(processor, recipe.model.max_length)
         with _frozen(model):
-            suite = evaluate_suite(model, ChatEncoder(processor, recipe.model.max_length), samples,
+            suite = evaluate_suite(model, encoder, samples,
                                    max_new_tokens=recipe.evaluate.max_new_tokens,
                                    batch_size=recipe.evaluate.batch_size)
+            text_nll = answer_nll(model, encoder, [s for s in samples if s.record["task"] == "text"],
+                                  batch_size=recipe.evaluate.batch_size)
+        if text_nll is not None:
+            suite.metrics["text_answer_nll"] = text_nll
         registry.log_metrics(suite.metrics)
         log_predictions(suite.rows, [s.images[0] if s.images else None for s in samples],
                         "test", recipe.evaluate.samples_to_log)

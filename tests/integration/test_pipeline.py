@@ -120,6 +120,7 @@ def test_evaluate_scores_every_stage_version_and_compares_sft_with_aligned(runs)
         100 * (comparison.metrics[sft]["vqa_accuracy"] - comparison.metrics[align]["vqa_accuracy"]))
     before = recipe.previous_stage(recipe.stages_of("sft")[0]).name
     assert checks["sft_text_accuracy_before"] == comparison.metrics[before]["text_accuracy"]
+    assert checks["sft_text_answer_nll_after"] == comparison.metrics[sft]["text_answer_nll"] > 0
     run = registry.get_run(comparison.run_id)
     assert run["parent_run_id"] == first.run_id
     assert run["metrics"][f"{align}.hallucination_rate"] == checks["align_hallucination_after"]
