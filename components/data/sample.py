@@ -62,3 +62,13 @@ def single_turns(messages: list[dict]) -> list[list[dict]]:
             text = [part for part in m["content"] if part.get("type") != "image"]
             out.append([{"role": "user", "content": images + text}, messages[i + 1]])
     return out
+
+
+def typed_turns(record: dict[str, Any]) -> list[tuple[str | None, list[dict]]]:
+    """The record's single turns (`single_turns`), each with its question type: from `qtypes`
+    (or `qtype` for one turn), None for every turn when the record has no type per turn."""
+    turns = single_turns(record["messages"])
+    qtypes = record.get("qtypes", [record["qtype"]] if "qtype" in record else [])
+    if len(qtypes) != len(turns):
+        qtypes = [None] * len(turns)
+    return list(zip(qtypes, turns, strict=True))

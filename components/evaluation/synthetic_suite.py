@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from components.data.sample import Sample, message_text, single_turns
+from components.data.sample import Sample, message_text, typed_turns
 from components.evaluation.caption_hallucination import chair, hallucinated_mentions
 from components.evaluation.caption_metrics import caption_scores
 from components.evaluation.exact_match import exact_match
@@ -30,7 +30,7 @@ def prompt_messages(record: dict) -> list[dict]:
 def as_questions(samples: Sequence[Sample]) -> list[Sample]:
     """Samples as single questions with reference answers. A test record is one already; a
     conversation (the val and train splits' `scenes_vqa`) becomes one sample per question
-    (`single_turns`), typed by the record's `qtypes` (an existence answer "no" marks the
+    (`typed_turns`), typed by the record's `qtypes` (an existence answer "no" marks the
     object absent)."""
     out = []
     for sample in samples:
@@ -38,15 +38,13 @@ def as_questions(samples: Sequence[Sample]) -> list[Sample]:
         if "answers" in rec:
             out.append(sample)
             continue
-        turns = single_turns(rec["messages"])
-        qtypes = rec.get("qtypes") if len(rec.get("qtypes", ())) == len(turns) else None
         base = {k: v for k, v in rec.items() if k not in ("messages", "qtypes")}
-        for i, (question, answer) in enumerate(turns):
+        for i, (qtype, (question, answer)) in enumerate(typed_turns(rec)):
             text = message_text(answer).strip()
             record = {**base, "messages": [question, answer], "answers": [text]}
-            if qtypes:
-                record["qtype"] = qtypes[i]
-                if qtypes[i] == "existence":
+            if qtype is not None:
+                record["qtype"] = qtype
+                if qtype == "existence":
                     record["absent"] = text.lower() == "no"
             out.append(Sample(f"{sample.key}/q{i}", sample.images, record))
     return out

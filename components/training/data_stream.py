@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from components.data.duplicates import quarantined_keys
-from components.data.sample import Sample, single_turns
+from components.data.sample import Sample, single_turns, typed_turns
 from components.data.shards import read_samples, shard_paths
 from components.data.synthetic import TEXT_ONLY_SOURCES
 from components.model.chat import ChatEncoder, Encoded, collate
@@ -141,13 +141,9 @@ def sample_stream(shards_dir: Path, sources: list[str], seed: int, text_ratio: f
 
 
 def turns_of_types(record: dict, types: Collection[str]) -> list[list[dict]]:
-    """The record's single turns (`single_turns`) whose question type is in `types`; a record
+    """The record's single turns (`typed_turns`) whose question type is in `types`; a record
     without a type per turn (`qtypes`, or `qtype` for one turn) has none."""
-    turns = single_turns(record["messages"])
-    qtypes = record.get("qtypes", [record["qtype"]] if "qtype" in record else [])
-    if len(qtypes) != len(turns):
-        return []
-    return [turn for turn, qtype in zip(turns, qtypes, strict=True) if qtype in types]
+    return [turn for qtype, turn in typed_turns(record) if qtype in types]
 
 
 class ChatBatches:
