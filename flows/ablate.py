@@ -69,6 +69,17 @@ def markdown(result: dict[str, Any], run_id: str, plots: dict[str, bytes]) -> st
         *images]) + "\n"
 
 
+def backbone_scores(recipe: Recipe, result: PipelineResult) -> dict[str, float]:
+    """The recipe's own backbones' metrics, ``vision_`` or ``lm_`` prefixed (a tower's
+    zero-shot retrieval, its training seconds)."""
+    if recipe.backbones is None:
+        return {}
+    roles = {recipe.backbones.vision.registered_model: "vision",
+             recipe.backbones.text.registered_model: "lm"}
+    return {f"{roles[b.name]}_{k}": v for b in result.backbones if b.name in roles
+            for k, v in b.metrics.items()}
+
+
 def seed_arms(study: Study, base: dict[str, Any], seed: int, parent_run_id: str
               ) -> dict[str, dict[str, Any]]:
     """Every arm of ``study`` for one seed, in order (later arms reuse the stages the first
@@ -78,7 +89,8 @@ def seed_arms(study: Study, base: dict[str, Any], seed: int, parent_run_id: str
         recipe = Recipe.model_validate(arm_recipe(study, base, arm, seed))
         get_run_logger().info("study %s: arm %s, seed %d", study.name, arm, seed)
         result = pipeline(recipe, parent_run_id=parent_run_id)
-        out[arm] = {"scores": {**result.scores(), **result.comparison.checks},
+        out[arm] = {"scores": {**result.scores(), **result.comparison.checks,
+                               **backbone_scores(recipe, result)},
                     "curve": _curve(recipe, result, study.primary)}
     return out
 

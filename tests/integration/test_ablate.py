@@ -40,6 +40,11 @@ def test_an_alignment_study_runs_its_arms_and_logs_table_verdict_and_plots():
         assert low <= mean <= high
     assert result["difference"]["n"] == 2
     assert isinstance(result["reproduced"], bool)
+    # the backbones' own metrics join the scores; both arms of a seed share one trained tower
+    for plain, aligned in zip(result["scores"]["sft-only"].values(),
+                              result["scores"]["aligned"].values(), strict=True):
+        assert {"vision_seconds", "vision_loss_last", "lm_seconds"} <= set(plain)
+        assert plain["vision_seconds"] == aligned["vision_seconds"] > 0
     # per seed the aligned arm reuses the sft-only arm's three stages and trains align alone
     for seed in study.seeds:
         name = Recipe.model_validate(arm_recipe(study, base, "aligned", seed)).registered_model
