@@ -52,9 +52,12 @@ class StageRun:
         return self.dropped
 
 
+HELDOUT_IMAGES = 200  # the fit's held-out R^2 is a measurement: a few hundred images suffice
+
+
 def ground_connector(model, processor, stage: StageBase, shards: Path) -> GroundingFit:
     """Fit the connector on the stage's annotated training images (single-image records with
-    regions), at the fit's resolution; measured on the val split's annotated images too."""
+    regions), at the fit's resolution; measured on the val split's first annotated images too."""
     def annotated(split: str):
         return ((s.images[0], s.record) for s in read_samples(shard_paths(shards, split, stage.sources))
                 if len(s.images) == 1 and regions(s.record))
@@ -64,7 +67,7 @@ def ground_connector(model, processor, stage: StageBase, shards: Path) -> Ground
         image_processor.size = {"longest_edge": spec.longest_edge}
         image_processor.do_image_splitting = spec.longest_edge > image_processor.max_image_size["longest_edge"]
     try:
-        heldout = list(itertools.islice(annotated("val"), spec.images))
+        heldout = list(itertools.islice(annotated("val"), min(spec.images, HELDOUT_IMAGES)))
     except FileNotFoundError:  # a recipe without val shards for these sources
         heldout = []
     return fit_connector(model, image_processor, processor.tokenizer,
