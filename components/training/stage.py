@@ -34,6 +34,8 @@ from components.training.reference import (
 from components.training.tower_cache import CacheStats, cached_tower
 from components.training.val_probe import validation_probe
 
+HELDOUT_IMAGES = 200  # the connector fit's held-out R^2 is a measurement: a few hundred images suffice
+
 
 @dataclass
 class StageRun:
@@ -50,9 +52,6 @@ class StageRun:
     @property
     def skipped(self) -> int:
         return self.dropped
-
-
-HELDOUT_IMAGES = 200  # the fit's held-out R^2 is a measurement: a few hundred images suffice
 
 
 def ground_connector(model, processor, stage: StageBase, shards: Path) -> GroundingFit:
