@@ -239,6 +239,19 @@ class SftStage(SupervisedStage):
     kind: Literal["sft"]
 
 
+class Replay(_Strict):
+    """Supervised rows trained beside the preference pairs (InstructGPT's PPO-ptx): each step
+    adds ``weight`` x the per-sample next-token loss on a batch of ``sources`` conversations,
+    so alignment keeps the skills its pairs never ask about."""
+
+    sources: list[str] = Field(min_length=1)
+    batch_size: int = Field(8, gt=0)
+    weight: float = Field(1.0, gt=0)
+    # one sample per question (as the pretraining stages): in a whole conversation an earlier
+    # turn can name the object a later one asks about, which teaches "yes" to absent objects
+    split_turns: bool = False
+
+
 class AlignStage(StageBase):
     """Preference tuning (DPO family) against the parent model as the reference: a frozen
     copy of it (`copy`), its log-probs computed once before training and cached (`cached`),
@@ -253,6 +266,7 @@ class AlignStage(StageBase):
     # minimal corrections as chosen (RLHF-V style, corrected_pairs.py)
     rejected_from: Literal[REJECTED_FROM] = "data"  # type: ignore[valid-type]
     reference: Literal[REFERENCES] = "copy"  # type: ignore[valid-type]
+    replay: Replay | None = None  # supervised rows beside the pairs against the alignment tax
 
     @model_validator(mode="after")
     def _preference_sources(self) -> AlignStage:
@@ -358,6 +372,11 @@ class Recipe(_Strict):
                 if other:
                     raise ValueError(f"stage {stage.name!r}: align trains on preference data "
                                      f"(task 'preference'); {other} are not")
+                replayed = stage.replay.sources if stage.replay else []
+                bad = [s for s in replayed if tasks.get(s, ("preference",)) == ("preference",)]
+                if bad:
+                    raise ValueError(f"stage {stage.name!r}: replay sources must be known "
+                                     f"supervised sources (not preference pairs); {bad} are not")
         return self
 
     @model_validator(mode="after")
@@ -420,11 +439,12 @@ _FIRST_STAGE_OPTIONS = {"beta": 0.1, "loss": "sigmoid", "sft_weight": 1.0, "text
                         "packing": False}
 _LATER_STAGE_OPTIONS = {"mixture": None, "lora_rank": 8, "split_turns": False,
                         "ground_connector": None, "question_types": None, "loss_average": "token",
-                        "rejected_from": "data", "dtype": "fp32"}
+                        "rejected_from": "data", "dtype": "fp32", "replay": None}
 # how a stage computes, not what: recomputed activations and the reference's source give the
 # same result, so they are never keyed (a run with them reuses the version without)
 _NOT_KEYED_STAGE_OPTIONS = ("gradient_checkpointing", "reference")
 _LATER_TRAIN = {"schedule": "cosine", "decay_fraction": 0.2}
+_LATER_REPLAY = {"split_turns": False}
 _LATER_MODEL = {"connector_init": "random", "resampler_latents": 16, "resampler_depth": 2,
                 "resampler_heads": 4, "cross_layer_interval": 1, "fusion_vision": None,
                 "vision_inline": None, "resampler_head_dim": None, "cross_attn_gate": "zeros"}
@@ -441,6 +461,8 @@ def _train_view(train: TrainSettings) -> dict:
 def _stage_view(stage: StageBase) -> dict:
     data = {**_FIRST_STAGE_OPTIONS, **stage.model_dump(mode="json", exclude=set(_NOT_KEYED_STAGE_OPTIONS)),
             "train": _train_view(stage.train)}
+    if data.get("replay"):
+        data["replay"] = _without_defaults(data["replay"], _LATER_REPLAY)
     return _without_defaults(data, _LATER_STAGE_OPTIONS)
 
 

@@ -31,6 +31,7 @@ from components.training.reference import (
     adapter_reference,
     own_batches,
 )
+from components.training.replay import ReplayBatches, WithReplay
 from components.training.tower_cache import CacheStats, cached_tower
 from components.training.val_probe import validation_probe
 
@@ -122,12 +123,15 @@ def _train(model, processor, stage: StageBase, shards: Path, seed: int, max_leng
     feed = plan.batches
     if getattr(stage, "reference", None) == "cached":
         feed = cached_reference(model, stage, shards, encoder, seed, plan.batches, probe, reference_file)
+    if plan.replay is not None:
+        feed = ReplayBatches(feed, plan.replay)
     with activation_checkpointing(model, stage.gradient_checkpointing):
         result = train(model, feed, stage.train, plan.objective, on_log,
                        checkpoint_dir=checkpoint_dir, on_eval=probe, seed=seed)
     corrections = ({"captions_judged": plan.samples.judged, "pairs_corrected": plan.samples.replaced}
                    if isinstance(plan.samples, CorrectedCaptionPairs) else {})
-    return StageRun(result, plan.batches.skipped, dict(getattr(plan.stream, "counts", {})),
+    dropped = plan.batches.skipped + (plan.replay.skipped if plan.replay is not None else 0)
+    return StageRun(result, dropped, dict(getattr(plan.stream, "counts", {})),
                     corrections=corrections, preflight=checked, encode_memo=plan.batches.memo.stats)
 
 
@@ -161,6 +165,7 @@ class StagePlan:
     batches: Any
     objective: Objective
     val_objective: Objective  # the validation probe's loss
+    replay: Any = None  # supervised batches trained beside the align stage's pairs
 
 
 def supervised_plan(model, stage: SupervisedStage, shards: Path, encoder: ChatEncoder,
@@ -187,8 +192,13 @@ def preference_plan(model, stage: AlignStage, shards: Path, encoder: ChatEncoder
                else stream)
     objective = PreferenceObjective(reference, beta=stage.beta, loss_type=stage.loss,
                                     sft_weight=stage.sft_weight)
-    return StagePlan(stream, samples, PreferenceBatches(samples, encoder, stage.train.batch_size),
-                     objective, objective)
+    batches = PreferenceBatches(samples, encoder, stage.train.batch_size)
+    if stage.replay is None:
+        return StagePlan(stream, samples, batches, objective, objective)
+    replayed = ChatBatches(sample_stream(shards, stage.replay.sources, seed, None, None), encoder,
+                           stage.replay.batch_size, packing=False, split_turns=stage.replay.split_turns)
+    return StagePlan(stream, samples, batches, WithReplay(objective, stage.replay.weight),
+                     objective, replay=replayed)
 
 
 STAGE_RUNNERS: dict[str, Callable[..., StagePlan]] = {

@@ -1,6 +1,6 @@
 """`vlmforge bench loader`: the webdataset loader's sustained samples/s vs the tiny model's
-training consumption in samples/s, both at the recipe's 64 px stage (ratio = loader / training;
-the goal is >= 5, so data loading never starves training).
+training consumption in samples/s, both at the recipe's highest-resolution stage (ratio =
+loader / training; the goal is >= 5, so data loading never starves training).
 
 - loader: shards on disk -> PNG decode -> processor (resize, tiles, tokens) -> collated batch
   tensors, exactly as a training stage consumes them (`sample_stream` + `ChatBatches`), timed
@@ -20,7 +20,13 @@ from itertools import islice
 from pathlib import Path
 
 
-def _stage_at(recipe, longest_edge: int):
+def _stage_at(recipe, longest_edge: int | None):
+    """The recipe's first pretrain/SFT stage at ``longest_edge``; None: its last pretrain
+    stage at the highest pretraining resolution (the heaviest mixture, OCR pages included)."""
+    if longest_edge is None:
+        pretrain = recipe.stages_of("pretrain")
+        top = max(s.longest_edge for s in pretrain)
+        return [s for s in pretrain if s.longest_edge == top][-1]
     for stage in recipe.stages:
         if stage.kind != "align" and stage.longest_edge == longest_edge:
             return stage
@@ -94,9 +100,10 @@ def training_rate(model, stage, batches: list[dict], steps: int) -> tuple[float,
     return n / seconds, 1e3 * cpu / n
 
 
-def bench_loader(recipe_path: str = "configs/tiny.yaml", longest_edge: int = 64,
+def bench_loader(recipe_path: str = "configs/tiny.yaml", longest_edge: int | None = None,
                  per_source: int = 192, batches: int = 48, steps: int = 4, workers: int = 2) -> dict:
-    """Loader vs training samples/s at the recipe's `longest_edge` stage (ratio = loader/training)."""
+    """Loader vs training samples/s at the recipe's `longest_edge` stage (None: its highest
+    resolution; ratio = loader/training)."""
     import torch
 
     from components.data.corpus import generate_corpus

@@ -26,7 +26,7 @@ RECIPE = "configs/tiny.yaml"
 
 @dataclass
 class TinySetup:
-    model: object  # Idefics3ForConditionalGeneration, trainable groups set as in the 64 px stage
+    model: object  # Idefics3ForConditionalGeneration, trainable groups as in tiny_setup's stage
     batches: list[dict]
     image_tokens: int  # per image at this resolution
     tokens_per_sample: float  # mean sequence length (text + image tokens)
@@ -48,7 +48,7 @@ def tiny_setup(scale_factor: int, image_px: int = 64, batch_size: int = 16, n_ba
     samples = list(generate_samples("scenes_vqa", seed, "train", 0, n, image_size=image_px))
     texts = [f"{m['role']}\n{message_text(m)}" for s in samples for m in s.record["messages"]]
     tokenizer = train_tokenizer(texts, recipe.data.vocab_size, split_digits=recipe.data.split_digits)
-    # the trainable groups of the recipe's first stage at this resolution (pretrain-64px)
+    # the trainable groups of the recipe's first stage at this resolution, else of its last
     stage = next((s for s in recipe.stages if s.longest_edge == image_px), recipe.stages[-1])
     stage = stage.model_copy(update={"longest_edge": image_px})
     model, encoder = tiny_model_and_encoder(recipe, stage, tokenizer, scale_factor=scale_factor,

@@ -10,7 +10,7 @@
   against the bound its caps imply; see flows/bench/soak.py.
 - dask:    shard generation of configs/tiny.yaml's data (10,500 samples) on a Dask LocalCluster of
   1 vs 2 workers (ratio = 2-worker / 1-worker records/s); see flows/bench/dask_shards.py.
-- loader:  the webdataset loader's samples/s at the recipe's 64 px stage vs the recipe model's
+- loader:  the webdataset loader's samples/s at the recipe's highest-resolution stage vs the model's
   training samples/s (ratio = loader / training, goal >= 5); see flows/bench/loader.py.
 - overhead: the platform's training loop vs a bare PyTorch loop, tiny VLM at 64 px (ratio =
   platform / bare seconds per step; goal <= 1.03); see flows/bench/overhead.py.

@@ -18,8 +18,20 @@ def test_shipped_recipes_load(name):
     recipe = load_recipe(CONFIGS / name)
     kinds = [s.kind for s in recipe.stages]
     assert kinds.count("pretrain") >= 2 and "sft" in kinds and "align" in kinds
-    edges = [s.longest_edge for s in recipe.stages_of("pretrain")]
-    assert edges == sorted(edges) and edges[0] < edges[-1]  # rising resolution
+
+
+@pytest.mark.parametrize("name", ["micro.yaml", "idefics2-8b-style.yaml", "smolvlm-256m.yaml"])
+def test_pretraining_rises_in_resolution(name):
+    edges = [s.longest_edge for s in load_recipe(CONFIGS / name).stages_of("pretrain")]
+    assert edges == sorted(edges) and edges[0] < edges[-1]
+
+
+def test_the_tiny_recipe_stays_on_its_towers_view():
+    """Chosen on val (the stage-64px and stay-32px studies): tiling its 64 px images into
+    32 px tiles cost the tiny model colour, VQA and alignment; reading is where resolution
+    pays (the resolution study's tiny-reading recipe)."""
+    recipe = load_recipe(CONFIGS / "tiny.yaml")
+    assert {s.longest_edge for s in recipe.stages} == {recipe.backbones.vision.config["image_size"]}
 
 
 def test_unknown_source_is_named(tmp_path):
@@ -150,6 +162,26 @@ def test_align_accepts_any_preference_data_and_model_rejections_where_they_apply
         Recipe.model_validate(raw)
     raw["stages"][-1] = {**align, "sources": ["preference_hallucination"], "rejected_from": "model"}
     with pytest.raises(ValidationError, match="only the synthetic 'preference' source"):
+        Recipe.model_validate(raw)
+
+
+def test_align_replays_supervised_sources_only_and_keys_the_replay_when_set():
+    from components.recipe import stage_cache_key
+
+    raw = yaml.safe_load((CONFIGS / "micro.yaml").read_text())
+    align = raw["stages"][-1]
+    raw["stages"][-1] = {**align, "replay": {"sources": ["scenes_vqa"]}}
+    replay = Recipe.model_validate(raw).stages[-1].replay
+    assert (replay.sources, replay.batch_size, replay.weight) == (["scenes_vqa"], 8, 1.0)
+    replayed = stage_cache_key(Recipe.model_validate(raw), Recipe.model_validate(raw).stages[-1], "p", "d")
+    recipe = load_recipe(CONFIGS / "micro.yaml")
+    assert replayed != stage_cache_key(recipe, recipe.stages[-1], "p", "d")
+    for sources in (["preference"], ["nonesuch"]):
+        raw["stages"][-1] = {**align, "replay": {"sources": sources}}
+        with pytest.raises(ValidationError, match=rf"replay sources must be .*\['{sources[0]}'\]"):
+            Recipe.model_validate(raw)
+    raw["stages"][-1] = {**align, "replay": {"sources": []}}
+    with pytest.raises(ValidationError, match="replay.sources"):
         Recipe.model_validate(raw)
 
 

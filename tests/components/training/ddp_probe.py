@@ -12,6 +12,7 @@ import torch
 
 from components.recipe import TrainSettings
 from components.training.loop import train
+from components.training.replay import REPLAY, WithReplay
 
 SEQ, VOCAB, ROWS = 12, 64, 32
 
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--eval-every", type=int, default=0, help="validation loss every N steps")
     parser.add_argument("--save", action="store_true", help="rank 0 also saves the model (safetensors)")
+    parser.add_argument("--replay", action="store_true",
+                        help="each batch also carries its rows reversed as replayed rows (align's replay)")
     args = parser.parse_args()
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -51,7 +54,11 @@ def main() -> None:
     def validation(m) -> dict[str, float]:
         return {"val_loss": float(m(**batches(ROWS)[0]).loss)}
 
-    result = train(model, batches(args.batch_size),
+    data = batches(args.batch_size)
+    if args.replay:  # a second forward of the prepared model per step, as an align stage's replay
+        data = [{**b, **{REPLAY + k: v.flip(1) for k, v in b.items()}} for b in data]
+        objective = WithReplay(objective, weight=0.5)
+    result = train(model, data,
                    TrainSettings(steps=args.steps, lr=1e-2, warmup_steps=1, log_every=1,
                                  eval_every=args.eval_every), objective, on_eval=validation)
     rank = int(os.environ.get("RANK", "0"))

@@ -1,7 +1,8 @@
 """Two-process data-parallel training on CPU (gloo) through the launcher users take:
 `python -m components.training.distributed` = `accelerate launch` with a loopback-only
 rendezvous. Both ranks see different data, end with identical weights, and match a
-one-process run on the doubled batch; every socket the run listens on is 127.0.0.1."""
+one-process run on the doubled batch, with and without a replayed second forward per step
+(an align stage's `replay`); every socket the run listens on is 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -17,15 +18,16 @@ from tests.components.training.helpers import PROBE, run
 BATCH, STEPS = 4, 3
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+@pytest.fixture(scope="module", params=[False, True], ids=["plain", "replay"])
+def runs(tmp_path_factory, request):
     two, one = tmp_path_factory.mktemp("ddp2"), tmp_path_factory.mktemp("ddp1")
+    replay = ["--replay"] if request.param else []
     launched, addresses = run(launch_command(
-        [str(PROBE), "--out", str(two), "--batch-size", str(BATCH), "--steps", str(STEPS)],
+        [str(PROBE), "--out", str(two), "--batch-size", str(BATCH), "--steps", str(STEPS), *replay],
         num_processes=2, cpu=True), watch=True)
     assert launched.returncode == 0, launched.stdout[-4000:]
     alone, _ = run([sys.executable, str(PROBE), "--out", str(one), "--batch-size", str(2 * BATCH),
-                    "--steps", str(STEPS)], watch=False)
+                    "--steps", str(STEPS), *replay], watch=False)
     assert alone.returncode == 0, alone.stdout[-4000:]
     load = lambda p: torch.load(p, weights_only=False)  # noqa: E731
     return (load(two / "rank0.pt"), load(two / "rank1.pt"), load(one / "rank0.pt"), addresses)

@@ -101,3 +101,19 @@ def test_align_trains_on_the_hallucination_preference_source(backbones, tokenize
     run = run_stage(model, processor, stage, shards, seed=0, max_length=256)
     assert run.result.steps == 2 and run.dropped == 0
     assert all(h["loss"] > 0 for h in run.result.history)
+
+
+@pytest.mark.parametrize("reference", ["copy", "cached"])
+def test_align_with_replay_adds_the_weighted_supervised_loss(backbones, tokenizer, shards, reference):
+    model = assemble_idefics3(*backbones, tokenizer, scale_factor=2)
+    processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
+    stage = _stage(kind="align", sources=["preference"], loss="sigmoid_sft", reference=reference,
+                   replay={"sources": ["scenes_vqa"], "batch_size": 3, "weight": 0.5})
+    logged = []
+    run = run_stage(model, processor, stage, shards, seed=0, max_length=256,
+                    on_log=lambda step, row: logged.append(row))
+    assert run.result.steps == 2 and len(logged) == 2
+    for row in logged:
+        assert row["loss/replay"] > 0
+        assert row["loss"] == pytest.approx(row["loss/preference"] + row["loss/sft"]
+                                            + 0.5 * row["loss/replay"], rel=1e-4)

@@ -27,6 +27,14 @@ def test_bench_loader_measures_both_rates_and_the_ratio():
     assert out["loader_batches"] == 2 and out["training_steps"] == 1
 
 
+def test_by_default_the_bench_takes_the_last_pretrain_stage_at_the_top_resolution():
+    from components.recipe import load_recipe
+    from flows.bench.loader import _stage_at
+
+    assert _stage_at(load_recipe(ROOT / "configs/micro.yaml"), None).name == "pretrain-64px"
+    assert _stage_at(load_recipe(ROOT / "configs/tiny.yaml"), None).name == "pretrain-32px-ocr"
+
+
 def test_a_recipe_without_a_stage_at_the_size_is_refused():
     with pytest.raises(ValueError, match="no pretrain/sft stage at 48 px"):
         bench_loader(str(ROOT / "configs/micro.yaml"), longest_edge=48)
