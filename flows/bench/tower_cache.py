@@ -1,7 +1,8 @@
 """`vlmforge bench tower-cache`: a frozen-tower stage's training with and without the tower
 cache (components/training/tower_cache.py), side by side in one process.
 
-For each of the recipe's first frozen-tower stages at 32 px and at 64 px, `run_stage` trains
+For the recipe's first frozen-tower stage at each resolution it trains at (or at the
+`longest_edges` given: 32 and 64 px on a tiled recipe), `run_stage` trains
 the recipe's VLM (inline backbone configs, random weights, the same seed each time) for
 `steps` steps on `images` generated images per source, once with `VLMFORGE_TOWER_CACHE_MB=0`
 and once with the default budget, repeats alternating, one torch thread. The loop's own
@@ -24,16 +25,25 @@ from flows.bench.loader import tiny_model_and_encoder
 from flows.bench.overhead import RECIPE, measurement_threads
 
 
+def _trains_on_a_frozen_tower(stage) -> bool:
+    return bool(stage.train.steps) and stage.kind != "align" and stage.unfreeze.get("vision") == "frozen"
+
+
+def frozen_tower_edges(recipe) -> tuple[int, ...]:
+    """The resolutions at which the recipe trains with its vision tower frozen."""
+    return tuple(sorted({s.longest_edge for s in recipe.stages if _trains_on_a_frozen_tower(s)}))
+
+
 def _frozen_stage(recipe, longest_edge: int):
-    stage = next((s for s in recipe.stages if s.longest_edge == longest_edge and s.train.steps
-                  and s.kind != "align" and s.unfreeze.get("vision") == "frozen"), None)
+    stage = next((s for s in recipe.stages if s.longest_edge == longest_edge and _trains_on_a_frozen_tower(s)),
+                 None)
     if stage is None:
         raise ValueError(f"recipe {recipe.name!r} has no trained frozen-tower stage at {longest_edge} px")
     return stage
 
 
 def bench_tower_cache(steps: int = 30, images: int = 120, repeats: int = 2,
-                      longest_edges: tuple[int, ...] = (32, 64), recipe_path: str = RECIPE) -> dict:
+                      longest_edges: tuple[int, ...] | None = None, recipe_path: str = RECIPE) -> dict:
     from components.data.corpus import generate_corpus
     from components.data.tokenizer import corpus_texts, train_tokenizer
     from components.recipe import load_recipe
@@ -41,7 +51,7 @@ def bench_tower_cache(steps: int = 30, images: int = 120, repeats: int = 2,
     from components.training.tower_cache import DEFAULT_MB, ENV
 
     recipe = load_recipe(recipe_path)
-    stages = [_frozen_stage(recipe, edge) for edge in longest_edges]
+    stages = [_frozen_stage(recipe, edge) for edge in longest_edges or frozen_tower_edges(recipe)]
     stages = [s.model_copy(update={"train": s.train.model_copy(update={"steps": steps, "eval_every": 0})})
               for s in stages]
     sources = sorted({src for s in stages for src in s.sources})

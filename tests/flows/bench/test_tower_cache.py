@@ -23,6 +23,14 @@ def test_tower_cache_bench_trains_both_arms_to_the_same_losses(monkeypatch, caps
     assert row["max_loss_diff"] == 0.0
 
 
+def test_by_default_the_bench_measures_each_resolution_the_recipe_trains_a_frozen_tower_at():
+    from components.recipe import load_recipe
+    from flows.bench.tower_cache import frozen_tower_edges
+
+    assert frozen_tower_edges(load_recipe("configs/tiny.yaml")) == (32,)
+    assert frozen_tower_edges(load_recipe("configs/micro.yaml")) == (32, 64)
+
+
 def test_a_recipe_without_a_frozen_tower_stage_at_that_resolution_is_refused():
     from components.recipe import load_recipe
     from flows.bench.tower_cache import _frozen_stage
