@@ -141,6 +141,9 @@ class GroundConnector(_Strict):
     # resolution of the fit (None: the stage's): the largest a later stage uses covers its
     # tiles and, through the global view, every smaller resolution
     longest_edge: int | None = Field(None, gt=0)
+    # the phrase also names the region's quadrant ("red circle top left"), so an image token
+    # carries where it is as a word, as it carries colour and shape
+    name_position: bool = False
 
 
 class StageBase(_Strict):
@@ -444,7 +447,7 @@ _LATER_STAGE_OPTIONS = {"mixture": None, "lora_rank": 8, "split_turns": False,
 # same result, so they are never keyed (a run with them reuses the version without)
 _NOT_KEYED_STAGE_OPTIONS = ("gradient_checkpointing", "reference")
 _LATER_TRAIN = {"schedule": "cosine", "decay_fraction": 0.2}
-_LATER_REPLAY = {"split_turns": False}
+_LATER_NESTED = {"replay": {"split_turns": False}, "ground_connector": {"name_position": False}}
 _LATER_MODEL = {"connector_init": "random", "resampler_latents": 16, "resampler_depth": 2,
                 "resampler_heads": 4, "cross_layer_interval": 1, "fusion_vision": None,
                 "vision_inline": None, "resampler_head_dim": None, "cross_attn_gate": "zeros"}
@@ -461,8 +464,9 @@ def _train_view(train: TrainSettings) -> dict:
 def _stage_view(stage: StageBase) -> dict:
     data = {**_FIRST_STAGE_OPTIONS, **stage.model_dump(mode="json", exclude=set(_NOT_KEYED_STAGE_OPTIONS)),
             "train": _train_view(stage.train)}
-    if data.get("replay"):
-        data["replay"] = _without_defaults(data["replay"], _LATER_REPLAY)
+    for option, defaults in _LATER_NESTED.items():
+        if data.get(option):
+            data[option] = _without_defaults(data[option], defaults)
     return _without_defaults(data, _LATER_STAGE_OPTIONS)
 
 

@@ -32,9 +32,11 @@ QUADRANT_BOXES: dict[str, Box] = {
 }
 
 
-def regions(record: dict[str, Any]) -> list[tuple[Box, str]]:
-    """The record's annotated regions as (box, phrase); [] when it has none."""
-    return [(QUADRANT_BOXES[o["quadrant"]], f"{o['colour']} {o['shape']}")
+def regions(record: dict[str, Any], name_position: bool = False) -> list[tuple[Box, str]]:
+    """The record's annotated regions as (box, phrase: "red circle", with ``name_position``
+    "red circle top left"); [] when it has none."""
+    return [(QUADRANT_BOXES[o["quadrant"]],
+             f"{o['colour']} {o['shape']}" + (f" {o['quadrant']}" if name_position else ""))
             for o in record.get("objects", ()) if o.get("quadrant") in QUADRANT_BOXES]
 
 
@@ -150,7 +152,7 @@ def _llava_tokens(model, image_processor, images: list[Image.Image]) -> Tokens:
 
 @torch.no_grad()
 def _moments(model, image_processor, tokenizer, records: Iterable[tuple[Image.Image, dict]],
-             chunk: int = 64) -> _Moments:
+             name_position: bool, chunk: int = 64) -> _Moments:
     proj = projection_of(model)
     tokens_of = _llava_tokens if _is_llava(model) else _idefics3_tokens
     embeddings = model.get_input_embeddings().weight.detach().float()
@@ -177,7 +179,7 @@ def _moments(model, image_processor, tokenizer, records: Iterable[tuple[Image.Im
     was_training = model.training
     model.eval()
     for image, record in records:
-        if annotated := regions(record):
+        if annotated := regions(record, name_position):
             batch.append((image, annotated))
             if len(batch) == chunk:
                 flush()
@@ -188,12 +190,14 @@ def _moments(model, image_processor, tokenizer, records: Iterable[tuple[Image.Im
 
 
 def fit_connector(model, image_processor, tokenizer, records: Iterable[tuple[Image.Image, dict]],
-                  ridge: float, heldout: Iterable[tuple[Image.Image, dict]] = ()) -> GroundingFit:
+                  ridge: float, heldout: Iterable[tuple[Image.Image, dict]] = (),
+                  name_position: bool = False) -> GroundingFit:
     """Set the connector's projection to the ridge solution mapping the frozen tower's
     pixel-shuffled features onto the token targets of the annotated ``records`` (image,
-    record); the tower and the LM are unchanged. ``heldout`` records only measure the fit."""
+    record); the tower and the LM are unchanged. ``heldout`` records only measure the fit;
+    ``name_position`` adds each region's quadrant to its phrase."""
     proj = projection_of(model)
-    fit = _moments(model, image_processor, tokenizer, records)
+    fit = _moments(model, image_processor, tokenizer, records, name_position)
     if not fit.images:
         raise ValueError("ground_connector found no annotated images (records with objects and "
                          "quadrants) in the stage's sources")
@@ -202,5 +206,5 @@ def fit_connector(model, image_processor, tokenizer, records: Iterable[tuple[Ima
         proj.weight.copy_(weight.T.to(proj.weight.dtype))
         if proj.bias is not None:
             proj.bias.zero_()
-    check = _moments(model, image_processor, tokenizer, heldout)
+    check = _moments(model, image_processor, tokenizer, heldout, name_position)
     return GroundingFit(fit.images, fit.tokens, fit.r2(weight), check.r2(weight) if check.images else None)

@@ -71,7 +71,8 @@ def ground_connector(model, processor, stage: StageBase, shards: Path) -> Ground
     except FileNotFoundError:  # a recipe without val shards for these sources
         heldout = []
     return fit_connector(model, image_processor, processor.tokenizer,
-                         itertools.islice(annotated("train"), spec.images), spec.ridge, heldout)
+                         itertools.islice(annotated("train"), spec.images), spec.ridge, heldout,
+                         name_position=spec.name_position)
 
 
 def run_stage(model, processor, stage: StageBase, shards: Path, *, seed: int, max_length: int,

@@ -170,12 +170,19 @@ def test_align_replays_supervised_sources_only_and_keys_the_replay_when_set():
 
     raw = yaml.safe_load((CONFIGS / "micro.yaml").read_text())
     align = raw["stages"][-1]
+
+    def key(**replay) -> str:
+        raw["stages"][-1] = {**align, "replay": replay} if replay else align
+        recipe = Recipe.model_validate(raw)
+        return stage_cache_key(recipe, recipe.stages[-1], "p", "d")
+
     raw["stages"][-1] = {**align, "replay": {"sources": ["scenes_vqa"]}}
     replay = Recipe.model_validate(raw).stages[-1].replay
-    assert (replay.sources, replay.batch_size, replay.weight) == (["scenes_vqa"], 8, 1.0)
-    replayed = stage_cache_key(Recipe.model_validate(raw), Recipe.model_validate(raw).stages[-1], "p", "d")
-    recipe = load_recipe(CONFIGS / "micro.yaml")
-    assert replayed != stage_cache_key(recipe, recipe.stages[-1], "p", "d")
+    assert (replay.sources, replay.batch_size, replay.weight, replay.split_turns) == (
+        ["scenes_vqa"], 8, 1.0, False)
+    assert key() != key(sources=["scenes_vqa"])
+    assert key(sources=["scenes_vqa"]) == key(sources=["scenes_vqa"], split_turns=False)
+    assert key(sources=["scenes_vqa"]) != key(sources=["scenes_vqa"], split_turns=True)
     for sources in (["preference"], ["nonesuch"]):
         raw["stages"][-1] = {**align, "replay": {"sources": sources}}
         with pytest.raises(ValidationError, match=rf"replay sources must be .*\['{sources[0]}'\]"):

@@ -75,6 +75,27 @@ def test_fit_lands_region_tokens_on_their_phrase_embeddings(backbones, tokenizer
     assert ((out - target).norm(dim=-1)[occupied] < target.norm(dim=-1)[occupied]).float().mean() > 0.75
 
 
+def test_name_position_adds_the_quadrant_to_each_phrase_and_the_fit_targets_it(backbones, tokenizer):
+    record = {"objects": [{"colour": "red", "shape": "circle", "quadrant": "top right"}]}
+    assert regions(record, name_position=True) == [(QUADRANT_BOXES["top right"], "red circle top right")]
+    model = assemble_idefics3(*backbones, tokenizer, scale_factor=2)
+    processor = build_processor(tokenizer, tile_size=32, longest_edge=32, patch_size=8, scale_factor=2)
+    heldout = _scenes("val", 20)
+    fit = fit_connector(model, processor.image_processor, tokenizer, _scenes("train", 100), 1e-3, heldout,
+                        name_position=True)
+    emb = model.get_input_embeddings().weight.detach()
+    pixels = processor.image_processor([[im] for im, _ in heldout], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        out = model.model.connector(model.model.vision_model(pixel_values=pixels.flatten(0, 1)).last_hidden_state)
+
+    def r2(named: bool) -> float:
+        target = torch.stack([token_targets(regions(r, named), QUADRANTS, tokenizer, emb) for _, r in heldout])
+        return (1 - ((out - target) ** 2).sum()
+                / ((target - target.reshape(-1, emb.shape[1]).mean(0)) ** 2).sum()).item()
+
+    assert fit.heldout_r2 == pytest.approx(r2(True), abs=1e-4) and r2(True) != pytest.approx(r2(False), abs=1e-3)
+
+
 def test_llava_fits_its_second_projector_layer_over_one_token_per_patch(tokenizer, tmp_path):
     *_, model, processor = build("llava", tokenizer, tmp_path)
     projector = model.model.multi_modal_projector

@@ -12,8 +12,8 @@ CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 
 def test_checks_compare_align_with_its_parent_and_sft_with_the_stage_before():
     recipe = load_recipe(CONFIGS / "tiny.yaml")
-    metrics = {"pretrain-64px": {"text_accuracy": 0.4, "text_answer_nll": 3.0, "hallucination_rate": 0.5,
-                                 "vqa_accuracy": 0.5},
+    metrics = {"pretrain-32px-ocr": {"text_accuracy": 0.4, "text_answer_nll": 3.0, "hallucination_rate": 0.5,
+                                     "vqa_accuracy": 0.5},
                "sft": {"text_accuracy": 0.6, "text_answer_nll": 2.0, "hallucination_rate": 0.4,
                        "vqa_accuracy": 0.7},
                "align": {"text_accuracy": 0.6, "hallucination_rate": 0.1, "vqa_accuracy": 0.69}}
