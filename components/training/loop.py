@@ -173,7 +173,7 @@ def train(
     ckpt_dir = _checkpoint_dir(accel, cfg, checkpoint_dir)
     result = LoopResult(steps=0, samples=0, seconds=0.0)
     window = _Window.empty(accel.device)
-    raw = _cycle(batches)
+    raw = cycle(batches)
     if (path := _resume_from(accel, ckpt_dir)) is not None:
         state = read_loop_state(path)
         check_run_settings(path, state.get("run"), _run_settings(accel, cfg))
@@ -407,11 +407,13 @@ def _reduce_window(accel: Accelerator, window: dict, extra: dict[str, float]
             dict(zip(extra_keys, values[len(keys):], strict=True)))
 
 
-def _cycle(batches: Iterable[dict]) -> Iterator[dict]:
+def cycle(batches: Iterable[dict], empty_error: str = "the batch stream is empty") -> Iterator[dict]:
+    """``batches`` over and over (each pass a fresh iteration); ``empty_error`` if a pass
+    yields nothing."""
     while True:
         empty = True
         for b in batches:
             empty = False
             yield b
         if empty:
-            raise ValueError("the batch stream is empty")
+            raise ValueError(empty_error)

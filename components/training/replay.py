@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import nn
 
+from components.training.loop import cycle
 from components.training.objectives import Objective, sample_mean_lm_objective
 
 REPLAY = "replay."  # the key prefix of a batch's replayed supervised rows
@@ -23,17 +24,8 @@ class ReplayBatches:
     def __init__(self, batches: Iterable[dict], replay: Iterable[dict]):
         self.batches, self.replay = batches, replay
 
-    def _replayed(self) -> Iterator[dict]:
-        while True:
-            empty = True
-            for batch in self.replay:
-                empty = False
-                yield batch
-            if empty:
-                raise ValueError("the replay sources yield no batch")
-
     def __iter__(self) -> Iterator[dict]:
-        replayed = self._replayed()
+        replayed = cycle(self.replay, "the replay sources yield no batch")
         for batch in self.batches:
             yield {**batch, **{REPLAY + k: v for k, v in next(replayed).items()}}
 
