@@ -5,6 +5,11 @@ BIN := $(VENV)/bin
 # On this CPU machine torch is pinned to the on-disk CPU build; pyproject keeps torch>=2.4.
 TORCH_PIN ?= torch==2.13.0
 export OMP_WAIT_POLICY := PASSIVE
+# pip installs with --no-compile (faster), so Python must be free to cache what it compiles: with
+# PYTHONDONTWRITEBYTECODE set (this machine kind sets it) every process compiled each module it
+# imports, every time (torch, transformers, prefect, mlflow and great_expectations: 26 s to
+# import in a fresh process, 12 s once cached; `make demo` starts a dozen processes).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: install lock demo test test-slow test-distributed postgres chromium lint clean stack-up stack-down
 

@@ -63,6 +63,7 @@ RULE = (f"the same image up to resizing by a factor >= {RULE_MIN_SCALE} and JPEG
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 IMAGE_MEMBER = re.compile(r"^(?P<key>[^.]+)\.(?P<image>\d{3}\.\w+)$")
 CHUNK = 1024
+KEEP_PIXELS = 64 * 2**20  # an index keeps its decoded images up to this many pixels in all
 MODES = CONTAMINATION_MODES
 
 # re-iterable (id, image) pairs; given a set of ids, only those images are decoded and yielded
@@ -71,12 +72,15 @@ ImageSource = Callable[..., Iterator[tuple[str, Image.Image]]]
 
 @dataclass
 class ImageIndex:
-    """What stage 1 needs of every image: its id, size, pixel digest and thumbnail."""
+    """What stage 1 needs of every image: its id, size, pixel digest and thumbnail; and the
+    decoded images themselves while they fit in ``KEEP_PIXELS`` (stage 2 then reads nothing
+    again)."""
 
     ids: list[str] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)
     thumbs: np.ndarray = field(default_factory=lambda: np.zeros((0, 3 * THUMB_SIZE**2), np.float32))
+    images: dict[str, Image.Image] | None = None  # None: more than KEEP_PIXELS, read again
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -111,16 +115,22 @@ def thumbnail(image: Image.Image) -> np.ndarray:
     return np.asarray(small, dtype=np.float32).reshape(-1) / 255.0
 
 
-def build_index(images: Iterable[tuple[str, Image.Image]]) -> ImageIndex:
-    index, thumbs = ImageIndex(), []
+def build_index(images: Iterable[tuple[str, Image.Image]], keep_pixels: int = KEEP_PIXELS) -> ImageIndex:
+    index, thumbs, kept, pixels = ImageIndex(), [], {}, 0
     for image_id, image in images:
         image = rgb(image)
         index.ids.append(image_id)
         index.sizes.append(image.size)
         index.digests.append(pixel_digest(image))
         thumbs.append(thumbnail(image))
+        pixels += image.width * image.height
+        if kept is not None and pixels > keep_pixels:
+            kept = None  # too many to keep: stage 2 reads its candidates again
+        if kept is not None:
+            kept[image_id] = image
     if thumbs:
         index.thumbs = np.stack(thumbs)
+    index.images = kept
     return index
 
 
@@ -157,21 +167,39 @@ def _compare_size(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def _features(image: Image.Image, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """One image's stage-2 features at ``size``: the blurred RGB pixels, and its edge strength
-    (Sobel magnitude per unit step, strongest channel) spread over the 3x3 neighbourhood, so
-    that a one-pixel shift of an edge still counts as shared. Both rounded to uint8: an error
-    of at most 1 against thresholds of 16 and 27."""
+def _channel_max(x: np.ndarray) -> np.ndarray:
+    """``x.max(-1)`` over an RGB last axis, as two elementwise maxima (numpy reduces a short
+    last axis slowly)."""
+    return np.maximum(np.maximum(x[..., 0], x[..., 1]), x[..., 2])
+
+
+def _sobel(x: np.ndarray, axis: int, across: tuple[int, ...]) -> np.ndarray:
+    """``scipy.ndimage.sobel`` of each image: the derivative along ``axis``, smoothed along the
+    ``across`` axes only (ndimage's own would smooth across the stacked images too)."""
     from scipy import ndimage
 
-    if image.size != size:
-        image = image.resize(size, Image.LANCZOS if image.width > size[0] else Image.BICUBIC)
-    pixels = np.asarray(rgb(image), dtype=np.float32)
-    blurred = ndimage.gaussian_filter(pixels, (BLUR_SIGMA, BLUR_SIGMA, 0))
-    smooth = ndimage.gaussian_filter(pixels, (EDGE_SIGMA, EDGE_SIGMA, 0))
-    gx = ndimage.sobel(smooth, axis=1, mode="nearest")
-    gy = ndimage.sobel(smooth, axis=0, mode="nearest")
-    edges = ndimage.maximum_filter((np.hypot(gx, gy) / 8.0).max(-1), 3)
+    out = ndimage.correlate1d(x, [-1, 0, 1], axis, mode="nearest")
+    for other in across:
+        out = ndimage.correlate1d(out, [1, 2, 1], other, mode="nearest")
+    return out
+
+
+def verify_features(images: list[Image.Image], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Stage-2 features of each image at ``size``, stacked on a first axis: the blurred RGB
+    pixels, and the edge strength (Sobel magnitude per unit step, strongest channel) spread
+    over the 3x3 neighbourhood, so that a one-pixel shift of an edge still counts as shared.
+    Both rounded to uint8: an error of at most 1 against thresholds of 16 and 27. Every filter
+    works within each image (no smoothing across the first axis)."""
+    from scipy import ndimage
+
+    pixels = np.stack([np.asarray(rgb(im if im.size == size else im.resize(
+        size, Image.LANCZOS if im.width > size[0] else Image.BICUBIC)), dtype=np.float32)
+        for im in images])
+    blurred = ndimage.gaussian_filter(pixels, (0, BLUR_SIGMA, BLUR_SIGMA, 0))
+    smooth = ndimage.gaussian_filter(pixels, (0, EDGE_SIGMA, EDGE_SIGMA, 0))
+    gx = _sobel(smooth, axis=2, across=(1, 3))
+    gy = _sobel(smooth, axis=1, across=(2, 3))
+    edges = ndimage.maximum_filter(_channel_max(np.hypot(gx, gy) / 8.0), (1, 3, 3))
     return (np.clip(np.rint(blurred), 0, 255).astype(np.uint8),
             np.clip(np.rint(edges), 0, 255).astype(np.uint8))
 
@@ -188,7 +216,7 @@ def _distances(fa: tuple[np.ndarray, np.ndarray], fb: tuple[np.ndarray, np.ndarr
     """(blurred, excess) of a batch of pairs: features stacked on a first axis. ``skip_far``:
     a pair with blurred > MAX_BLURRED is no near duplicate whatever its excess, which is then
     left uncomputed (inf); that saves most of the work on pages that look alike."""
-    diff = (np.maximum(fa[0], fb[0]) - np.minimum(fa[0], fb[0])).max(-1)
+    diff = _channel_max(np.maximum(fa[0], fb[0]) - np.minimum(fa[0], fb[0]))
     blurred = _kth_largest(diff)
     excess = np.full(len(diff), np.inf)
     close = np.nonzero(blurred <= MAX_BLURRED)[0] if skip_far else np.arange(len(diff))
@@ -202,7 +230,7 @@ def verify_distances(a: Image.Image, b: Image.Image) -> tuple[float, float]:
     """Stage 2: (blurred, excess) colour differences of two images at the smaller one's size
     (see the module docstring); both 0 for identical pixels."""
     size = _compare_size(a.size, b.size)
-    blurred, excess = _distances(*(tuple(f[None] for f in _features(im, size)) for im in (a, b)))
+    blurred, excess = _distances(verify_features([a], size), verify_features([b], size))
     return float(blurred[0]), float(excess[0])
 
 
@@ -226,18 +254,26 @@ def resized_copy(image: Image.Image, scale: float, quality: int | None,
 
 
 class _Verifier:
-    """Stage 2 over many pairs: each image's features computed once per compare size."""
+    """Stage 2 over many pairs: each image's features computed once per compare size, the
+    missing ones of a batch together."""
 
     def __init__(self, a: dict[str, Image.Image], b: dict[str, Image.Image] | None = None):
         self.sides = {"a": a, "b": a if b is None else b}
         self.shared = b is None  # within one split: one cache for both sides
         self.cache: dict[tuple[str, str, tuple[int, int]], tuple[np.ndarray, np.ndarray]] = {}
 
-    def _feature(self, side: str, image_id: str, size: tuple[int, int]):
-        key = ("a" if self.shared else side, image_id, size)
-        if key not in self.cache:
-            self.cache[key] = _features(self.sides[side][image_id], size)
-        return self.cache[key]
+    def _key(self, side: str, image_id: str, size: tuple[int, int]) -> tuple[str, str, tuple[int, int]]:
+        return ("a" if self.shared else side, image_id, size)
+
+    def _stacked(self, side: str, ids: list[str], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """The features of ``ids`` on one side, stacked (computing the missing ones at once)."""
+        missing = list(dict.fromkeys(i for i in ids if self._key(side, i, size) not in self.cache))
+        if missing:
+            blurred, edges = verify_features([self.sides[side][i] for i in missing], size)
+            for n, image_id in enumerate(missing):
+                self.cache[self._key(side, image_id, size)] = (blurred[n], edges[n])
+        found = [self.cache[self._key(side, i, size)] for i in ids]
+        return np.stack([f[0] for f in found]), np.stack([f[1] for f in found])
 
     def __call__(self, pairs: list[tuple[str, str]]) -> list[tuple[float, float]]:
         """(blurred, excess) of each pair, computed in batches of pairs of one compare size."""
@@ -249,17 +285,18 @@ class _Verifier:
         for size, members in by_size.items():
             for start in range(0, len(members), VERIFY_BATCH):
                 batch = members[start:start + VERIFY_BATCH]
-                fa = [self._feature("a", pairs[n][0], size) for n in batch]
-                fb = [self._feature("b", pairs[n][1], size) for n in batch]
-                blurred, excess = _distances(tuple(np.stack(f) for f in zip(*fa, strict=True)),
-                                             tuple(np.stack(f) for f in zip(*fb, strict=True)),
+                blurred, excess = _distances(self._stacked("a", [pairs[n][0] for n in batch], size),
+                                             self._stacked("b", [pairs[n][1] for n in batch], size),
                                              skip_far=True)
                 for n, bl, ex in zip(batch, blurred, excess, strict=True):
                     out[n] = (float(bl), float(ex))
         return out  # type: ignore[return-value]
 
 
-def _load(source: ImageSource, wanted: set[str]) -> dict[str, Image.Image]:
+def _load(source: ImageSource, index: ImageIndex, wanted: set[str]) -> dict[str, Image.Image]:
+    """The ``wanted`` images: from the index when it kept them, else read again."""
+    if index.images is not None:
+        return {i: index.images[i] for i in wanted}
     return {i: rgb(im) for i, im in source(wanted)} if wanted else {}
 
 
@@ -268,17 +305,17 @@ def find_duplicates(a_source: ImageSource, b_source: ImageSource | None = None, 
                     ) -> list[Match]:
     """Every exact or near duplicate pair between ``a`` and ``b`` (or within ``a`` when
     ``b_source`` is None), sorted. Indexes built already can be passed in; the images of
-    candidate pairs are read again from their sources (only thumbnails are kept for all)."""
+    candidate pairs come from the index when it kept them, else are read again."""
     a_index = a_index if a_index is not None else build_index(a_source())
     within = b_source is None
     ref = a_index if within else (b_index if b_index is not None else build_index(b_source()))
     pairs = candidate_pairs(a_index, None if within else ref)
     near = [(i, j, r) for i, j, r in pairs if a_index.digests[i] != ref.digests[j]]
     if within:
-        verify = _Verifier(_load(a_source, {a_index.ids[k] for i, j, _ in near for k in (i, j)}))
+        verify = _Verifier(_load(a_source, a_index, {a_index.ids[k] for i, j, _ in near for k in (i, j)}))
     else:
-        verify = _Verifier(_load(a_source, {a_index.ids[i] for i, _, _ in near}),
-                           _load(b_source, {ref.ids[j] for _, j, _ in near}))
+        verify = _Verifier(_load(a_source, a_index, {a_index.ids[i] for i, _, _ in near}),
+                           _load(b_source, ref, {ref.ids[j] for _, j, _ in near}))
     matches = [Match(a_index.ids[i], ref.ids[j], "exact", round(r, 4), 0.0, 0.0)
                for i, j, r in pairs if a_index.digests[i] == ref.digests[j]]
     distances = verify([(a_index.ids[i], ref.ids[j]) for i, j, _ in near])

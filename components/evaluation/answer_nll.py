@@ -32,3 +32,12 @@ def answer_nll(model, encoder: ChatEncoder, samples: Sequence[Sample], *,
         logps = sequence_logps(model(**batch).logits, labels)
         per_sample += (-logps / labelled_tokens(labels).clamp(min=1)).tolist()
     return sum(per_sample) / len(per_sample)
+
+
+def text_answer_nll(model, encoder: ChatEncoder, samples: Sequence[Sample], *,
+                    batch_size: int = 32) -> dict[str, float]:
+    """``{"text_answer_nll": ...}`` over the text-only samples (task ``text``) of a synthetic
+    suite; empty when it has none that fit."""
+    nll = answer_nll(model, encoder, [s for s in samples if s.record.get("task") == "text"],
+                     batch_size=batch_size)
+    return {} if nll is None else {"text_answer_nll": nll}

@@ -227,15 +227,17 @@ def _split_samples(data: DataVersion, split: str):
 
 def run_synthetic(spec: SuiteSpec, model, encoder, data: DataVersion, *, max_new_tokens: int,
                   batch_size: int) -> BenchmarkResult:
+    from components.evaluation.answer_nll import text_answer_nll
     from components.evaluation.fewshot import fewshot_prompts
     from components.evaluation.generate import generate_answers
     from components.evaluation.synthetic_suite import score_predictions
 
     samples = as_questions(_split_samples(data, spec.split))
-    if not spec.shots:
+    if not spec.shots:  # as the default suite: text-only retention as a likelihood too
         suite = evaluate_suite(model, encoder, samples, max_new_tokens=max_new_tokens,
                                batch_size=batch_size)
-        return BenchmarkResult(suite.metrics, suite.rows)
+        nll = text_answer_nll(model, encoder, samples, batch_size=batch_size)
+        return BenchmarkResult({**suite.metrics, **nll}, suite.rows)
     tasks = {s.record["task"] for s in samples}
     support = [s for s in _split_samples(data, spec.support_split) if s.record["task"] in tasks]
     prompts = fewshot_prompts(samples, support, spec.shots, seed=spec.seed)

@@ -1,5 +1,6 @@
-"""Whole-command measurements: `vlmforge --help` start-up against bare Python, and a second
-`vlmforge run` of an unchanged recipe against the first."""
+"""Whole-command measurements: `vlmforge --help` start-up against bare Python, a pipeline
+process's imports compiled against cached, and a second `vlmforge run` of an unchanged recipe
+against the first."""
 
 from __future__ import annotations
 
@@ -25,6 +26,38 @@ def bench_startup(repeats: int = 5) -> dict:
     help_s, bare_s = statistics.median(helps), statistics.median(bare)
     return {"help_seconds": round(help_s, 3), "bare_python_seconds": round(bare_s, 3),
             "ratio": round(help_s / bare_s, 2)}
+
+
+# what a pipeline process imports before its first stage (the training stages' model included)
+PIPELINE_IMPORTS = ("import torch, transformers, prefect, mlflow, great_expectations, "
+                    "flows.pipeline, transformers.models.idefics3.modeling_idefics3")
+
+
+def bytecode_envs(cache: str, empty: str) -> tuple[dict, dict]:
+    """Environments of a process that compiles every module it imports (reads an empty
+    bytecode folder, writes nothing) and of one that reads and writes ``cache``."""
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    return (dict(base, PYTHONDONTWRITEBYTECODE="1", PYTHONPYCACHEPREFIX=empty),
+            dict(base, PYTHONPYCACHEPREFIX=cache))
+
+
+def bench_bytecode(repeats: int = 3, imports: str = PIPELINE_IMPORTS) -> dict:
+    """Fresh processes running ``imports``: compiling every module (no bytecode to
+    read, none written: PYTHONDONTWRITEBYTECODE with an empty PYTHONPYCACHEPREFIX, as a fresh
+    install that pip ran with --no-compile is under PYTHONDONTWRITEBYTECODE) against reading
+    the bytecode one earlier process wrote there; alternated (ratio = compiled / cached)."""
+    cmd = [sys.executable, "-c", imports]
+    with tempfile.TemporaryDirectory(prefix="vlmforge-bench-pyc-") as cache, \
+            tempfile.TemporaryDirectory(prefix="vlmforge-bench-nopyc-") as empty:
+        compiling, cached = bytecode_envs(cache, empty)
+        _timed(cmd, cached)  # writes the bytecode
+        runs: dict[str, list[float]] = {"compiled": [], "cached": []}
+        for _ in range(repeats):
+            runs["compiled"].append(_timed(cmd, compiling))
+            runs["cached"].append(_timed(cmd, cached))
+    compiled_s, cached_s = (statistics.median(runs[k]) for k in ("compiled", "cached"))
+    return {"compiled_seconds": round(compiled_s, 2), "cached_seconds": round(cached_s, 2),
+            "ratio": round(compiled_s / cached_s, 2), "repeats": repeats}
 
 
 def bench_rerun(recipe: str) -> dict:

@@ -1,6 +1,8 @@
 """`vlmforge bench NAME`: measurements run side by side in one process, with a ratio.
 
 - startup: wall time of `vlmforge --help` vs a bare `python -c pass` (ratio = help / bare).
+- bytecode: a pipeline process's imports in a fresh process, every module compiled vs read from
+  cached bytecode (ratio = compiled / cached); see flows/bench/runs.py.
 - rerun:   `vlmforge run` twice on a fresh home (ratio = unchanged second run / first run).
 - generation: batched KV-cache generation vs one prompt at a time (ratio = per-sample / batched).
 - serve:   500 requests at concurrency 8 against `vlmforge serve` (ratio = served / in-process
@@ -40,7 +42,7 @@ from __future__ import annotations
 
 import json
 
-BENCHES = ("rerun", "startup", "generation", "serve", "dask", "overhead", "parallel", "tower-cache",
+BENCHES = ("rerun", "startup", "bytecode", "generation", "serve", "dask", "overhead", "parallel", "tower-cache",
            "pixel-shuffle", "loader", "packing", "soak", "memory", "peer", "mfu")
 
 
@@ -111,6 +113,10 @@ def run_bench(name: str, recipe: str, as_json: bool = False,
         from flows.bench.runs import bench_startup
 
         result = bench_startup()
+    elif name == "bytecode":
+        from flows.bench.runs import bench_bytecode
+
+        result = bench_bytecode()
     else:
         from flows.bench.runs import bench_rerun
 

@@ -41,7 +41,7 @@ from prefect import flow, get_run_logger, task
 import registry
 from components.data.shards import read_samples, split_shards
 from components.data.version import DataVersion
-from components.evaluation.answer_nll import answer_nll
+from components.evaluation.answer_nll import text_answer_nll
 from components.evaluation.intervals import (
     Interval,
     ItemTable,
@@ -218,10 +218,8 @@ def evaluate_version(recipe: Recipe, version: str, data: DataVersion, parent_run
             suite = evaluate_suite(model, encoder, samples,
                                    max_new_tokens=recipe.evaluate.max_new_tokens,
                                    batch_size=recipe.evaluate.batch_size)
-            text_nll = answer_nll(model, encoder, [s for s in samples if s.record["task"] == "text"],
-                                  batch_size=recipe.evaluate.batch_size)
-        if text_nll is not None:
-            suite.metrics["text_answer_nll"] = text_nll
+            suite.metrics.update(text_answer_nll(model, encoder, samples,
+                                                 batch_size=recipe.evaluate.batch_size))
         registry.log_metrics(suite.metrics)
         log_predictions(suite.rows, [s.images[0] if s.images else None for s in samples],
                         "test", recipe.evaluate.samples_to_log)

@@ -37,7 +37,7 @@ from flows.stages.evaluate import evaluate_flow
 from registry.tracking import client
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-SUITES = ["pope_small", "fewshot2", "vqa_small", "caps", "mcq_small"]
+SUITES = ["pope_small", "fewshot2", "val0", "vqa_small", "caps", "mcq_small"]
 
 
 def _score_cli(argv: list[str]) -> dict:
@@ -105,6 +105,7 @@ def suite_config(files: Path, judge_dir: Path) -> Path:
     config = {"suites": {
         "pope_small": {"kind": "pope", "max_images": 4},
         "fewshot2": {"kind": "synthetic", "shots": 2},
+        "val0": {"kind": "synthetic", "split": "val"},
         "vqa_small": {"kind": "vqa", "annotations": "anns.json", "questions": "questions.json",
                       "images": "images", "image_file": "{image_id}.png",
                       "judge": {"model": str(judge_dir), "max_new_tokens": 4}},
@@ -189,6 +190,7 @@ def test_every_suite_records_prefixed_metrics_on_its_run_and_the_version(setup, 
         for metric in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
             assert 0.0 <= m[f"pope_small_{sampler}_{metric}"] <= 1.0
     assert "fewshot2_vqa_accuracy" in first.benchmarks["fewshot2"].metrics
+    _assert_text_nll_of_the_val_split(setup, first.benchmarks["val0"].metrics)
     assert {"vqa_small_accuracy", "vqa_small_accuracy_other", "vqa_small_accuracy_yes_no",
             "vqa_small_judge_score"} <= set(first.benchmarks["vqa_small"].metrics)
     judged = first.benchmarks["vqa_small"].run_id  # its frozen judge record
@@ -199,6 +201,25 @@ def test_every_suite_records_prefixed_metrics_on_its_run_and_the_version(setup, 
     assert {"caps_CIDEr", "caps_Bleu_4", "caps_ROUGE_L"} <= set(first.benchmarks["caps"].metrics)
     assert "promotion gate not run" in first.reason and not first.promoted
     assert registry.get_alias(name, "champion") is None
+
+
+def _assert_text_nll_of_the_val_split(setup, metrics: dict[str, float]) -> None:
+    """A zero-shot synthetic suite scores text-only retention as the default suite does: the
+    likelihood of the reference answers of its split's text-only samples."""
+    from components.data.shards import read_samples
+    from components.evaluation.answer_nll import answer_nll
+    from components.evaluation.synthetic_suite import as_questions
+    from components.model.build import load_vlm
+    from components.model.chat import ChatEncoder
+
+    recipe, name, version, data = setup
+    model, processor = load_vlm(registry.hf_model_dir(name, version))
+    samples = as_questions(list(read_samples(sorted((data.shards / "val").glob("*.tar")))))
+    text = [s for s in samples if s.record["task"] == "text"]
+    assert text
+    expected = answer_nll(model.eval(), ChatEncoder(processor, recipe.model.max_length), text,
+                          batch_size=recipe.evaluate.batch_size)
+    assert metrics["val0_text_answer_nll"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_official_results_rescored_by_vlmforge_score_give_the_same_numbers(

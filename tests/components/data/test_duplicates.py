@@ -26,6 +26,7 @@ from components.data.duplicates import (
     resized_copy,
     shard_images,
     verify_distances,
+    verify_features,
 )
 from components.data.export import export_coco_captions
 from components.data.shards import write_shard
@@ -70,6 +71,23 @@ def test_twenty_planted_copies_are_found_twenty_of_twenty(planted):
     exact = {name for name, (scale, quality) in zip(sorted(planted_copies), PLANTED, strict=True)
              if scale == 1 and quality is None}
     assert {n for n, k in kinds.items() if k == "exact"} == exact
+
+
+def test_an_index_too_large_to_keep_its_images_finds_the_same_copies(planted):
+    suite, train, _ = planted
+    kept = find_duplicates(folder_images(train), folder_images(suite))
+    a, b = (build_index(folder_images(f)(), keep_pixels=0) for f in (train, suite))
+    assert a.images is None and b.images is None  # stage 2 reads the candidates again
+    assert find_duplicates(folder_images(train), folder_images(suite), a_index=a, b_index=b) == kept
+
+
+def test_stacked_features_are_each_images_own():
+    """Stage 2 filters a stack of images at once: no filter may smooth across the stack."""
+    images = [_scene(shape) for shape in ("circle", "square", "triangle")]
+    blurred, edges = verify_features(images, (64, 64))
+    for n, image in enumerate(images):
+        alone = verify_features([image], (64, 64))
+        assert (blurred[n] == alone[0][0]).all() and (edges[n] == alone[1][0]).all()
 
 
 def test_stage_one_keeps_every_planted_copy_as_a_candidate(planted):
