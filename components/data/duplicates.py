@@ -184,6 +184,13 @@ def _sobel(x: np.ndarray, axis: int, across: tuple[int, ...]) -> np.ndarray:
     return out
 
 
+def _at_size(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """``image`` in RGB at ``size`` (Lanczos down, bicubic up)."""
+    if image.size != size:
+        image = image.resize(size, Image.LANCZOS if image.width > size[0] else Image.BICUBIC)
+    return rgb(image)
+
+
 def verify_features(images: list[Image.Image], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Stage-2 features of each image at ``size``, stacked on a first axis: the blurred RGB
     pixels, and the edge strength (Sobel magnitude per unit step, strongest channel) spread
@@ -192,9 +199,7 @@ def verify_features(images: list[Image.Image], size: tuple[int, int]) -> tuple[n
     works within each image (no smoothing across the first axis)."""
     from scipy import ndimage
 
-    pixels = np.stack([np.asarray(rgb(im if im.size == size else im.resize(
-        size, Image.LANCZOS if im.width > size[0] else Image.BICUBIC)), dtype=np.float32)
-        for im in images])
+    pixels = np.stack([np.asarray(_at_size(im, size), dtype=np.float32) for im in images])
     blurred = ndimage.gaussian_filter(pixels, (0, BLUR_SIGMA, BLUR_SIGMA, 0))
     smooth = ndimage.gaussian_filter(pixels, (0, EDGE_SIGMA, EDGE_SIGMA, 0))
     gx = _sobel(smooth, axis=2, across=(1, 3))

@@ -42,10 +42,9 @@ def bytecode_envs(cache: str, empty: str) -> tuple[dict, dict]:
 
 
 def bench_bytecode(repeats: int = 3, imports: str = PIPELINE_IMPORTS) -> dict:
-    """Fresh processes running ``imports``: compiling every module (no bytecode to
-    read, none written: PYTHONDONTWRITEBYTECODE with an empty PYTHONPYCACHEPREFIX, as a fresh
-    install that pip ran with --no-compile is under PYTHONDONTWRITEBYTECODE) against reading
-    the bytecode one earlier process wrote there; alternated (ratio = compiled / cached)."""
+    """Seconds of a fresh process running ``imports`` that compiles every module (as after
+    `pip install --no-compile` under PYTHONDONTWRITEBYTECODE) against one that reads the
+    bytecode an earlier process cached; alternated, medians (ratio = compiled / cached)."""
     cmd = [sys.executable, "-c", imports]
     with tempfile.TemporaryDirectory(prefix="vlmforge-bench-pyc-") as cache, \
             tempfile.TemporaryDirectory(prefix="vlmforge-bench-nopyc-") as empty:
