@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from prefect import flow
 
 import registry
+from components.data import decoded
 from components.data.version import DataVersion
+from components.model import image_memo
 from components.recipe import STAGE_KINDS, Recipe
 from components.training.tower_cache import clear_shared
 from flows.lineage import git_sha, markdown_table, publish_markdown, publish_model_card, run_link
@@ -93,12 +95,14 @@ def pipeline(recipe: Recipe, force: bool = False, parent_run_id: str | None = No
     """Every stage of the recipe, each reusing its previous result when nothing changed
     (``parent_run_id``: the MLflow run this pipeline's run nests under, e.g. an ablation's;
     ``launcher``: run the training stages on several processes, the others stay inline).
-    The frozen tower's outputs, shared by its stages and evaluations, are dropped at the end
-    (a scheduler's process runs many pipelines)."""
+    The frozen tower's outputs, the decoded shards and the processed images, shared by its
+    stages and evaluations, are dropped at the end (a scheduler's process runs many pipelines)."""
     try:
         return _pipeline(recipe, force, parent_run_id, launcher)
     finally:
         clear_shared()
+        decoded.clear()
+        image_memo.clear()
 
 
 def _pipeline(recipe: Recipe, force: bool, parent_run_id: str | None,

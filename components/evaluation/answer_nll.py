@@ -11,7 +11,7 @@ import torch
 from components.data.sample import Sample
 from components.evaluation.synthetic_suite import prompt_messages
 from components.model.chat import ChatEncoder, collate
-from components.model.logps import labelled_tokens, sequence_logps
+from components.model.logps import labelled_tokens, model_sequence_logps
 
 
 @torch.no_grad()
@@ -29,7 +29,7 @@ def answer_nll(model, encoder: ChatEncoder, samples: Sequence[Sample], *,
     for i in range(0, len(items), batch_size):
         batch = collate(items[i : i + batch_size], encoder.tokenizer.pad_token_id)
         labels = batch.pop("labels")
-        logps = sequence_logps(model(**batch).logits, labels)
+        logps = model_sequence_logps(model, batch, labels)
         per_sample += (-logps / labelled_tokens(labels).clamp(min=1)).tolist()
     return sum(per_sample) / len(per_sample)
 

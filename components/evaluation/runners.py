@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.data.shards import read_samples, split_shards
+from components.data.decoded import cached_samples
+from components.data.shards import split_shards
 from components.data.version import DataVersion
 from components.evaluation.official_scoring import score_files
 from components.evaluation.suites import DATA_SUITES, SUITE_KINDS, JudgeSpec, SuiteSpec
@@ -222,7 +223,7 @@ def _split_samples(data: DataVersion, split: str):
     shards = split_shards(data.shards, split)
     if not shards:
         raise ValueError(f"data {data.version}: no shards for split {split!r} in {data.shards}")
-    return list(read_samples(shards))
+    return list(cached_samples(shards))
 
 
 def run_synthetic(spec: SuiteSpec, model, encoder, data: DataVersion, *, max_new_tokens: int,

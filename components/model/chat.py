@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from components.model.image_memo import with_image_memo
+
 IGNORE = -100
 # the tokens processors expand an image into (Idefics3 tiles, Idefics2, LLaVA, Idefics)
 IMAGE_PLACEHOLDERS = ("<image>", "<fake_token_around_image>", "<global-img>",
@@ -100,6 +102,7 @@ class ChatEncoder:
 
     def __init__(self, processor, max_length: int, assistant_header: str = "<|im_start|>assistant\n"):
         self.processor = processor
+        self._processing = with_image_memo(processor)  # each image processed once (image_memo.py)
         self.tokenizer = processor.tokenizer
         self.max_length = max_length
         self.header_ids = self.tokenizer(assistant_header, add_special_tokens=False).input_ids
@@ -128,10 +131,10 @@ class ChatEncoder:
             if not images:  # an all-zero image nothing attends to: Idefics always wants pixels
                 size = self.processor.image_processor.image_size
                 return ids, torch.zeros((1, 3, size, size)), None
-            pixels = self.processor.image_processor(images, return_tensors="pt")  # a bare tensor
+            pixels = self._processing.image_processor(images, return_tensors="pt")  # a bare tensor
             return ids, getattr(pixels, "pixel_values", pixels), None
         if images:
-            enc = self.processor(text=[text], images=[images], return_tensors="pt")
+            enc = self._processing(text=[text], images=[images], return_tensors="pt")
             if self.layout == "flat":
                 return enc.input_ids[0].tolist(), enc.pixel_values, None
             return enc.input_ids[0].tolist(), enc.pixel_values[0], enc.pixel_attention_mask[0]

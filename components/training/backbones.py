@@ -28,8 +28,9 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from components.data.decoded import cached_samples
 from components.data.sample import message_text
-from components.data.shards import read_samples, shard_paths, split_sources
+from components.data.shards import shard_paths, split_sources
 from components.data.synthetic import SOURCES
 from components.data.synthetic.preference import hard_negative
 from components.data.synthetic.scene import Scene, SceneObject, caption
@@ -215,7 +216,7 @@ def image_caption_pairs(shards: Path, split: str, seed: int = 0):
     rng = random.Random(seed)
     triples = []
     sources = _sources(shards, split, PAIR_SOURCES)
-    for s in read_samples(shard_paths(shards, split, sources) if sources else []):
+    for s in cached_samples(shard_paths(shards, split, sources) if sources else []):
         rec = s.record
         if "objects" in rec:
             scene = Scene(tuple(SceneObject(**o) for o in rec["objects"]), (0, 0, 0))
@@ -232,7 +233,7 @@ def image_caption_pairs(shards: Path, split: str, seed: int = 0):
 def corpus_chat_texts(shards: Path, tokenizer) -> list[str]:
     """Every training conversation rendered with the chat template, images left out."""
     texts = []
-    for s in read_samples(shard_paths(shards, "train", _sources(shards, "train", CHAT_SOURCES))):
+    for s in cached_samples(shard_paths(shards, "train", _sources(shards, "train", CHAT_SOURCES))):
         messages = [{"role": m["role"], "content": message_text(m)} for m in s.record["messages"]]
         texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
     return texts

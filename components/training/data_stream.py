@@ -20,9 +20,10 @@ import random
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
 
+from components.data.decoded import cached_samples
 from components.data.duplicates import quarantined_keys
 from components.data.sample import Sample, single_turns, typed_turns
-from components.data.shards import read_samples, shard_paths
+from components.data.shards import shard_paths
 from components.data.synthetic import TEXT_ONLY_SOURCES
 from components.model.chat import ChatEncoder, Encoded, collate
 from components.training.encode_memo import EncodeMemo
@@ -47,7 +48,7 @@ class SampleStream:
             self.rng.shuffle(order)
             pool: list[Sample] = []
             kept = 0
-            for sample in read_samples(order):
+            for sample in cached_samples(order):  # decoded once per process (decoded.py)
                 if sample.key in self.skip:
                     continue
                 kept += 1

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from components.budget import budget_bytes as env_budget
 from components.data.sample import Sample
 from components.model.chat import Encoded
 
@@ -47,14 +47,7 @@ class MemoStats:
 
 def budget_bytes() -> int:
     """`VLMFORGE_ENCODE_MEMO_MB` MiB (default 1024)."""
-    raw = os.environ.get(ENV, str(DEFAULT_MB))
-    try:
-        mb = float(raw)
-    except ValueError:
-        raise ValueError(f"{ENV} must be a number of MiB, got {raw!r}") from None
-    if mb < 0:
-        raise ValueError(f"{ENV} must be >= 0, got {raw!r}")
-    return int(mb * 2**20)
+    return env_budget(ENV, DEFAULT_MB)
 
 
 def _share_pixels(rows: list[Encoded]) -> None:

@@ -160,7 +160,10 @@ def train(
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # the fused kernel updates every tensor in one pass (per tensor, a small model's CPU step
+    # spends ~8 % in the optimiser); FSDP's sharded parameters keep the default
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=not fsdp.is_fsdp(accel))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, LRSchedule(cfg.schedule, cfg.warmup_steps, cfg.steps, cfg.decay_fraction))
     model, optimizer = accel.prepare(model, optimizer)  # the scheduler is saved as JSON, below

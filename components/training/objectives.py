@@ -15,25 +15,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.model.logps import labelled_tokens, sequence_logps
+from components.model.logps import labelled_token_logps, labelled_tokens, model_sequence_logps
 from components.recipe import LOSS_AVERAGES, PREFERENCE_LOSSES
 
 Objective = Callable[[nn.Module, dict], tuple[torch.Tensor, dict[str, float]]]
 
 
+def _without_labels(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
 def lm_objective(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-    """Next-token loss on the labelled (assistant) tokens."""
-    out = model(**batch)
-    return out.loss, {}
+    """Next-token loss on the labelled (assistant) tokens, averaged over them."""
+    logps, _ = labelled_token_logps(model, _without_labels(batch), batch["labels"])
+    return -logps.mean(), {}
 
 
 def sample_mean_lm_objective(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """Next-token loss averaged over each sample's labelled tokens, then over the samples: a
     twenty-token caption weighs as much as a one-word answer (`lm_objective` averages over
     all labelled tokens of the batch, so long answers dominate it)."""
-    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
     tokens = labelled_tokens(batch["labels"])
-    nll = -sequence_logps(logits, batch["labels"]) / tokens.clamp(min=1)
+    nll = -model_sequence_logps(model, _without_labels(batch), batch["labels"]) / tokens.clamp(min=1)
     return nll[tokens > 0].mean(), {}
 
 
@@ -138,7 +141,7 @@ class FrozenReference:
     def __call__(self, policy: nn.Module, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
         if next(self.model.parameters()).device != labels.device:
             self.model.to(labels.device)
-        return sequence_logps(self.model(**inputs).logits, labels)
+        return model_sequence_logps(self.model, inputs, labels)
 
 
 class PreferenceObjective:
@@ -172,7 +175,7 @@ class PreferenceObjective:
                                  "no reference model")
             with torch.no_grad():  # before the policy: nothing of it is in flight meanwhile
                 ref_logps = self.reference(model, inputs, labels)
-        logps = sequence_logps(model(**inputs).logits, labels)
+        logps = model_sequence_logps(model, inputs, labels)
         tokens = labelled_tokens(labels)
         half = labels.shape[0] // 2
         return preference_loss(

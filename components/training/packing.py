@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from components.model.chat import IGNORE, Encoded
+from components.model.logps import labelled_token_logps
 
 
 class RowPacker:
@@ -142,7 +143,9 @@ def packed_model_inputs(model: nn.Module, batch: dict) -> dict:
 
 def packed_lm_objective(model: nn.Module, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
     """Next-token loss on the labelled tokens of a packed batch."""
-    return model(**packed_model_inputs(model, batch)).loss, {}
+    inputs = packed_model_inputs(model, batch)
+    logps, _ = labelled_token_logps(model, inputs, inputs.pop("labels"))
+    return -logps.mean(), {}
 
 
 def padding_fraction(lengths: list[int], batch_size: int, max_length: int, packing: bool) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from components.model.logps import sequence_logps
+from components.model.logps import model_sequence_logps
 from components.training.objectives import REFERENCE_LOGPS
 
 
@@ -52,7 +52,7 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
 def adapter_reference(policy: nn.Module, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
     """The reference log-probs of the rows: the policy's own, adapters off (a `ReferenceFn`)."""
     with adapters_disabled(policy):
-        return sequence_logps(policy(**inputs).logits, labels)
+        return model_sequence_logps(policy, inputs, labels)
 
 
 def row_digests(batch: dict) -> list[str]:
@@ -94,7 +94,7 @@ class ReferenceCache:
                 if all(k in self.logps for k in keys):
                     continue
                 inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-                values = sequence_logps(model(**inputs).logits, batch["labels"].to(device))
+                values = model_sequence_logps(model, inputs, batch["labels"].to(device))
                 self.logps.update(zip(keys, values.tolist(), strict=True))
                 computed += len(keys)
         finally:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components.data.shards import read_samples, shard_paths
+from components.data.decoded import cached_samples
+from components.data.shards import shard_paths
 from components.model.chat import ChatEncoder
 from components.recipe import STAGE_KINDS, AlignStage, StageBase, SupervisedStage
 from components.training.activations import activation_checkpointing
@@ -59,7 +60,7 @@ def ground_connector(model, processor, stage: StageBase, shards: Path) -> Ground
     """Fit the connector on the stage's annotated training images (single-image records with
     regions), at the fit's resolution; measured on the val split's first annotated images too."""
     def annotated(split: str):
-        return ((s.images[0], s.record) for s in read_samples(shard_paths(shards, split, stage.sources))
+        return ((s.images[0], s.record) for s in cached_samples(shard_paths(shards, split, stage.sources))
                 if len(s.images) == 1 and regions(s.record))
     spec = stage.ground_connector
     image_processor = copy.deepcopy(processor.image_processor)

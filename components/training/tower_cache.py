@@ -28,13 +28,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import itertools
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from components.budget import budget_bytes as env_budget
 
 DEFAULT_MB = 2048
 ENV = "VLMFORGE_TOWER_CACHE_MB"  # the byte budget in MiB; 0 turns the cache off
@@ -59,14 +60,7 @@ class CacheStats:
 
 def budget_bytes() -> int:
     """The cache's byte budget: `VLMFORGE_TOWER_CACHE_MB` MiB (default 2048)."""
-    raw = os.environ.get(ENV, str(DEFAULT_MB))
-    try:
-        mb = float(raw)
-    except ValueError:
-        raise ValueError(f"{ENV} must be a number of MiB, got {raw!r}") from None
-    if mb < 0:
-        raise ValueError(f"{ENV} must be >= 0, got {raw!r}")
-    return int(mb * 2**20)
+    return env_budget(ENV, DEFAULT_MB)
 
 
 def _digests(tensors: list[torch.Tensor], extra: str) -> list[bytes]:

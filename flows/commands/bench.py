@@ -22,6 +22,10 @@
 - tower-cache: a frozen-tower stage's training samples/s without vs with the vision tower's
   cache of repeated images, at 32 and 64 px (ratio = cached / uncached; the losses must agree);
   see flows/bench/tower_cache.py.
+- stage-step: a training stage's seconds per step without vs with each of: decoded shards kept
+  in memory, processed images kept per content, the fused AdamW kernel, the LM head only at
+  labelled positions (ratio = without all four / with each; the losses must agree); see
+  flows/bench/stage_step.py.
 - packing: padding share of the recipe's SFT batches without vs with sequence packing (ratio =
   unpacked / packed); see flows/bench/packing.py.
 - pixel-shuffle: image tokens and step time with pixel-shuffle factor 1 vs 2 vs 4 (ratio = factor-1
@@ -43,7 +47,7 @@ from __future__ import annotations
 import json
 
 BENCHES = ("rerun", "startup", "bytecode", "generation", "serve", "dask", "overhead", "parallel", "tower-cache",
-           "pixel-shuffle", "loader", "packing", "soak", "memory", "peer", "mfu")
+           "stage-step", "pixel-shuffle", "loader", "packing", "soak", "memory", "peer", "mfu")
 
 
 def run_bench(name: str, recipe: str, as_json: bool = False,
@@ -76,6 +80,10 @@ def run_bench(name: str, recipe: str, as_json: bool = False,
         from flows.bench.tower_cache import bench_tower_cache
 
         result = bench_tower_cache(recipe_path=recipe)
+    elif name == "stage-step":
+        from flows.bench.stage_step import bench_stage_step
+
+        result = bench_stage_step(recipe_path=recipe)
     elif name == "packing":
         from flows.bench.packing import bench_packing
 

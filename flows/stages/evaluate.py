@@ -39,7 +39,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 import registry
-from components.data.shards import read_samples, split_shards
+from components.data.decoded import cached_samples
+from components.data.shards import split_shards
 from components.data.version import DataVersion
 from components.evaluation.answer_nll import text_answer_nll
 from components.evaluation.intervals import (
@@ -206,7 +207,7 @@ def evaluate_version(recipe: Recipe, version: str, data: DataVersion, parent_run
     start = time.perf_counter()
     # the processor of its last training stage
     model, processor = load_vlm(registry.hf_model_dir(name, version))
-    samples = list(read_samples(sorted((data.shards / "test").glob("*.tar"))))
+    samples = list(cached_samples(sorted((data.shards / "test").glob("*.tar"))))
     with registry.start_run("evaluate", parent_run_id=parent_run_id,
                             tags={"stage": "evaluate", "model_version": version,
                                   "suite": DEFAULT_SUITE}) as run_id:
@@ -310,7 +311,7 @@ def benchmark_item_table(suite: str, spec: SuiteSpec, rows: Sequence[dict],
     prefix, version = metric_prefix(suite), data.version if data is not None else None
     try:
         if spec.kind == "synthetic" and data is not None:
-            samples = list(read_samples(split_shards(data.shards, spec.split)))
+            samples = list(cached_samples(split_shards(data.shards, spec.split)))
             if [str(r.get("key")) for r in rows] == [s.key for s in samples]:
                 return synthetic_table(suite, [s.record for s in samples], rows, metrics,
                                        prefix=prefix, data_version=version)

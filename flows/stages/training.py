@@ -17,7 +17,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 
 import registry
-from components.data.shards import read_samples, sample_images, shard_paths, split_sources
+from components.data.decoded import cached_samples
+from components.data.shards import sample_images, shard_paths, split_sources
 from components.data.synthetic import SOURCES, TEXT_ONLY_SOURCES
 from components.data.version import DataVersion
 from components.evaluation.synthetic_suite import evaluate_suite
@@ -69,7 +70,7 @@ def quick_eval_samples(data: DataVersion, size: int = QUICK_EVAL_SIZE) -> list:
     present = split_sources(data.shards, "test")
     sources = [s for s in QUICK_EVAL_SOURCES if s in present]
     sources += [s for s in present if s not in QUICK_EVAL_SOURCES and s not in SOURCES]
-    per_source = [list(read_samples(shard_paths(data.shards, "test", [s]))) for s in sources]
+    per_source = [list(cached_samples(shard_paths(data.shards, "test", [s]))) for s in sources]
     out, i = [], 0
     while len(out) < size and any(i < len(p) for p in per_source):
         out.extend(p[i] for p in per_source if i < len(p))

@@ -1,4 +1,5 @@
-"""DPO/IPO on known log-probabilities, sequence log-probs, SigLIP loss, FLIP patch drop."""
+"""DPO/IPO on known log-probabilities, sequence log-probs (the LM head only where a labelled
+token is predicted, equal to the full logits' on every architecture), SigLIP loss, FLIP patch drop."""
 
 from __future__ import annotations
 
@@ -7,25 +8,30 @@ import math
 import pytest
 import torch
 
+from components.model.architectures import ARCHITECTURES
 from components.model.chat import IGNORE
+from components.model.logps import model_sequence_logps
 from components.training.objectives import (
     drop_patches,
+    lm_objective,
     preference_loss,
     sample_mean_lm_objective,
-    sequence_logps,
     siglip_loss,
 )
+from tests.components.model.helpers import build, colour_batch
 
 
 class _FixedLogits(torch.nn.Module):
-    """A 'model' returning the given logits, whatever the batch."""
+    """A 'model' returning the given logits, whatever the batch (those of a boolean
+    ``logits_to_keep``'s positions, flattened, as transformers' models do)."""
 
     def __init__(self, logits: torch.Tensor):
         super().__init__()
         self.logits = logits
 
-    def forward(self, **_):
-        return type("Out", (), {"logits": self.logits})()
+    def forward(self, logits_to_keep=0, **_):
+        logits = self.logits[logits_to_keep] if isinstance(logits_to_keep, torch.Tensor) else self.logits
+        return type("Out", (), {"logits": logits})()
 
 
 def test_sample_mean_loss_weighs_every_sample_alike():
@@ -90,10 +96,25 @@ def test_length_normalised_dpo_on_known_logps():
     assert loss.item() == pytest.approx(-math.log(1 / (1 + math.exp(-4.0))))
 
 
-def test_sequence_logps_sums_labelled_tokens_only():
+def test_sequence_logps_sum_labelled_tokens_only():
     logits = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75], [0.9, 0.1]]]))
     labels = torch.tensor([[IGNORE, 1, 0]])  # predicts token 1 from pos 0, token 0 from pos 1
-    assert sequence_logps(logits, labels).item() == pytest.approx(math.log(0.5) + math.log(0.25))
+    logps = model_sequence_logps(_FixedLogits(logits), {}, labels)
+    assert logps.item() == pytest.approx(math.log(0.5) + math.log(0.25))
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_head_on_labelled_positions_only_equals_the_full_logits(arch, tokenizer, tmp_path):
+    _, _, model, processor = build(arch, tokenizer, tmp_path)
+    batch = colour_batch(processor)
+    batch["labels"][1, -1] = IGNORE  # rows differ in what they label
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    full = model(**inputs).logits[:, :-1].float().log_softmax(-1)
+    labels, mask = batch["labels"][:, 1:], batch["labels"][:, 1:] != IGNORE
+    expected = (full.gather(2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask).sum(-1)
+    torch.testing.assert_close(model_sequence_logps(model, inputs, batch["labels"]), expected)
+    loss, _ = lm_objective(model, batch)
+    torch.testing.assert_close(loss, model(**batch).loss)  # transformers' own loss, full logits
 
 
 def test_siglip_loss_prefers_matching_pairs():

@@ -22,14 +22,18 @@ def test_replay_sources_without_a_batch_are_an_error():
 
 
 class _Model(torch.nn.Module):
-    """Logits that put probability p on token 1 everywhere."""
+    """Logits that put probability p on token 1 everywhere (at the kept positions, flattened,
+    given a boolean ``logits_to_keep``, as transformers' models do)."""
 
     def __init__(self, p: float):
         super().__init__()
         self.logit = torch.nn.Parameter(torch.tensor([0.0, float(torch.logit(torch.tensor(p)))]))
 
-    def forward(self, input_ids, **_):
-        return type("Out", (), {"logits": self.logit.expand(*input_ids.shape, 2)})()
+    def forward(self, input_ids, logits_to_keep=0, **_):
+        logits = self.logit.expand(*input_ids.shape, 2)
+        if isinstance(logits_to_keep, torch.Tensor):
+            logits = logits[logits_to_keep]
+        return type("Out", (), {"logits": logits})()
 
 
 def test_the_objective_adds_weight_times_the_replayed_nll_and_leaves_a_plain_batch_alone():
