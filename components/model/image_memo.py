@@ -12,6 +12,7 @@ what is kept; `clear` drops it (the pipeline does at its end).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 from typing import Any
@@ -61,10 +62,10 @@ class ImageMemo:
         self.settings = inner.to_json_string()
 
     def __call__(self, images, *args, **kwargs):
+        global _bytes
         budget = env_budget(ENV, DEFAULT_MB)
         if not budget or args:
             return self.inner(images, *args, **kwargs)
-        global _bytes
         key = (self.settings, repr(sorted(kwargs.items())), tuple(_digest(im) for im in _flat(images)))
         with _lock:
             kept = _kept.get(key)
@@ -84,8 +85,6 @@ class ImageMemo:
 def with_image_memo(processor):
     """A shallow copy of ``processor`` whose image processor is an `ImageMemo` (``processor``
     itself unchanged: it is saved beside models); ``processor`` when it has none or is one."""
-    import copy
-
     inner = getattr(processor, "image_processor", None)
     if inner is None or isinstance(inner, ImageMemo):
         return processor

@@ -13,17 +13,11 @@ import torch
 from components.model.chat import IGNORE
 
 
-def predicting_positions(labels: torch.Tensor) -> torch.Tensor:
-    """(B, L) bool: the positions whose next token is labelled."""
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != IGNORE
-    return keep
-
-
 def labelled_token_logps(model, inputs: dict, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The log-probability of every labelled token (flattened in row order, float32) and the
     row each belongs to; ``inputs`` is the batch without its labels."""
-    keep = predicting_positions(labels)
+    keep = torch.zeros_like(labels, dtype=torch.bool)  # the positions whose next token is labelled
+    keep[:, :-1] = labels[:, 1:] != IGNORE
     logits = model(**inputs, logits_to_keep=keep).logits  # (tokens, vocab)
     targets = labels[:, 1:][keep[:, :-1]]
     logps = logits.float().log_softmax(-1).gather(1, targets.unsqueeze(1)).squeeze(1)
@@ -34,17 +28,6 @@ def model_sequence_logps(model, inputs: dict, labels: torch.Tensor) -> torch.Ten
     """Sum of the labelled tokens' log-probabilities per row (B,)."""
     logps, rows = labelled_token_logps(model, inputs, labels)
     return logps.new_zeros(labels.shape[0]).index_add(0, rows, logps)
-
-
-def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of log-probabilities of the labelled tokens per sequence, from full (B, L, V)
-    logits (labels shifted by one)."""
-    logits = logits[:, :-1].float()
-    labels = labels[:, 1:]
-    mask = labels != IGNORE
-    safe = labels.masked_fill(~mask, 0)
-    token_logps = torch.gather(logits.log_softmax(-1), 2, safe.unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1)
 
 
 def labelled_tokens(labels: torch.Tensor) -> torch.Tensor:

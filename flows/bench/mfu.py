@@ -14,9 +14,11 @@ Model FLOPs of a step (PaLM's count, training = 3 x forward):
     step = F(vision, images x patches, S = patches)          the tower runs on every patch
          + 6 · N_connector · images x image tokens           pixel shuffle, then one projection
          + F(LM, real tokens, S = packed row length)
+         + 6 · N_head · labelled tokens                     the head runs where a label is predicted
 
 N counts the matrices a token multiplies: embedding lookups are left out, a tied LM head is
-counted once (as the head). The attention term takes each packed row's full length, as PaLM
+counted once (as the head), and only at the positions whose next token is labelled: the
+stage asks for no other logits (components/model/logps.py). The attention term takes each packed row's full length, as PaLM
 does for a causal model, though packing's block-diagonal mask leaves less attention to do.
 Gradient checkpointing's recomputed forward is not counted (MFU, not hardware utilisation).
 MFU = model FLOPs per second / the device's dense bf16 peak (`PEAK_BF16`, or --peak-tflops;
@@ -67,7 +69,8 @@ class Tower:
 class Shape:
     vision: Tower
     connector: int  # parameters
-    text: Tower
+    text: Tower  # without the LM head
+    head: int  # the LM head's parameters
     patches: int  # the vision tower's sequence per image
     image_tokens: int  # an image's tokens in the LM (after pixel shuffle)
     image_token_id: int
@@ -78,11 +81,12 @@ def training_flops(tower: Tower, tokens: int, seq: int) -> float:
     return 6 * tower.params * tokens + 12 * tower.layers * tower.hidden * seq * tokens
 
 
-def step_flops(shape: Shape, tokens: int, row_length: int, images: int) -> float:
+def step_flops(shape: Shape, tokens: int, row_length: int, images: int, labelled: int) -> float:
     """Model FLOPs of one training step (the module's docstring has the formula)."""
     return (training_flops(shape.vision, images * shape.patches, shape.patches)
             + 6 * shape.connector * images * shape.image_tokens
-            + training_flops(shape.text, tokens, row_length))
+            + training_flops(shape.text, tokens, row_length)
+            + 6 * shape.head * labelled)
 
 
 def model_shape(model) -> Shape:
@@ -98,8 +102,8 @@ def model_shape(model) -> Shape:
     patches = (vision.image_size // vision.patch_size) ** 2
     return Shape(vision=Tower(dense(inner.vision_model), vision.num_hidden_layers, vision.hidden_size),
                  connector=dense(inner.connector),
-                 text=Tower(dense(inner.text_model) + dense(model.lm_head), text.num_hidden_layers,
-                            text.hidden_size),
+                 text=Tower(dense(inner.text_model), text.num_hidden_layers, text.hidden_size),
+                 head=dense(model.lm_head),
                  patches=patches, image_tokens=patches // config.scale_factor ** 2,
                  image_token_id=config.image_token_id)
 
@@ -109,11 +113,14 @@ def peak_flops(device_name: str) -> float | None:
     return next((peak for pattern, peak in PEAK_BF16 if re.search(pattern, device_name)), None)
 
 
-def batch_counts(batch: dict, shape: Shape) -> tuple[int, int, int]:
-    """(real tokens, row length, images) of a packed batch."""
+def batch_counts(batch: dict, shape: Shape) -> tuple[int, int, int, int]:
+    """(real tokens, row length, images, labelled tokens) of a packed batch."""
+    from components.model.chat import IGNORE
+
     ids = batch["input_ids"]
     images = int((ids == shape.image_token_id).sum()) // shape.image_tokens
-    return int(batch["attention_mask"].sum()), int(ids.shape[1]), images
+    labelled = int((batch["labels"][:, 1:] != IGNORE).sum())
+    return int(batch["attention_mask"].sum()), int(ids.shape[1]), images, labelled
 
 
 def bench_mfu(settings: Settings | None = None, peak_tflops: float | None = None,
@@ -180,7 +187,7 @@ def bench_mfu(settings: Settings | None = None, peak_tflops: float | None = None
     measured = [batch_counts(batches[i % len(batches)], shape)
                 for i in range(settings.warmup, settings.steps)]
     seconds = times[-1] - times[settings.warmup - 1]
-    tokens = sum(t for t, _, _ in measured)
+    tokens = sum(c[0] for c in measured)
     flops = sum(step_flops(shape, *c) for c in measured)
     mfu = flops / seconds / peak if peak else None
     return {
@@ -192,9 +199,10 @@ def bench_mfu(settings: Settings | None = None, peak_tflops: float | None = None
         "row_tokens": settings.max_length,
         "params_m": {k: round(v / 1e6, 1) for k, v in counts.items()},
         "flops_params": {"vision": shape.vision.params, "connector": shape.connector,
-                         "text": shape.text.params},
+                         "text": shape.text.params, "head": shape.head},
         "tokens_per_step": round(tokens / len(measured)),
-        "images_per_step": round(sum(i for _, _, i in measured) / len(measured), 1),
+        "images_per_step": round(sum(c[2] for c in measured) / len(measured), 1),
+        "labelled_per_step": round(sum(c[3] for c in measured) / len(measured)),
         "seconds_per_step": round(seconds / len(measured), 4),
         "tokens_per_s": round(tokens / seconds, 1),
         "model_flops_per_token": round(flops / tokens),
