@@ -59,14 +59,14 @@ class ImageMemo:
 
     def __init__(self, inner):
         self.inner = inner
-        self.settings = inner.to_json_string()
 
     def __call__(self, images, *args, **kwargs):
         global _bytes
         budget = env_budget(ENV, DEFAULT_MB)
         if not budget or args:
             return self.inner(images, *args, **kwargs)
-        key = (self.settings, repr(sorted(kwargs.items())), tuple(_digest(im) for im in _flat(images)))
+        settings = repr(sorted(vars(self.inner).items()))  # read per call: settings may change
+        key = (settings, repr(sorted(kwargs.items())), tuple(_digest(im) for im in _flat(images)))
         with _lock:
             kept = _kept.get(key)
         if kept is None:

@@ -58,5 +58,10 @@ def test_an_image_seen_before_is_not_processed_again(tokenizer, tmp_path):
         for images in ([red], [also_red], [blue], [red]):  # equal pixels: the same image
             encoder.encode(messages, images)
     assert len(calls) == 2
+    encoder._processing.image_processor.inner.size = {"longest_edge": 64}  # other settings
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(processor.image_processor), "__call__", counting)
+        encoder.encode(messages, [red])
+    assert len(calls) == 3
     assert encoder.processor is processor and not isinstance(processor.image_processor, image_memo.ImageMemo)
     assert image_memo.with_image_memo(encoder._processing) is encoder._processing
