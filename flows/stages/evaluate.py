@@ -207,7 +207,7 @@ def evaluate_version(recipe: Recipe, version: str, data: DataVersion, parent_run
     start = time.perf_counter()
     # the processor of its last training stage
     model, processor = load_vlm(registry.hf_model_dir(name, version))
-    samples = list(cached_samples(sorted((data.shards / "test").glob("*.tar"))))
+    samples = list(cached_samples(split_shards(data.shards, "test")))
     with registry.start_run("evaluate", parent_run_id=parent_run_id,
                             tags={"stage": "evaluate", "model_version": version,
                                   "suite": DEFAULT_SUITE}) as run_id:
