@@ -8,8 +8,8 @@ TORCH_PIN ?= torch==2.13.0
 # cold caches both); it leaves the torch that pip took from disk in place.
 UV_PIN ?= uv==0.13.9
 export OMP_WAIT_POLICY := PASSIVE
-# pip and uv install without compiling bytecode (faster), so Python must be free to cache what it compiles: with
-# PYTHONDONTWRITEBYTECODE set (this machine kind sets it) every process compiled each module it
+# pip and uv install without compiling bytecode (faster), so Python must be free to cache what
+# it compiles: with PYTHONDONTWRITEBYTECODE set (this machine kind sets it) every process compiled each module it
 # imports, every time (torch, transformers, prefect, mlflow and great_expectations: 26 s to
 # import in a fresh process, 12 s once cached; `make demo` starts a dozen processes).
 unexport PYTHONDONTWRITEBYTECODE
