@@ -17,6 +17,7 @@ whole group, as a terminal's Ctrl-C or `kill -- -PGID` does).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -194,16 +195,34 @@ def _run(home: Path) -> Command:
     return Command([sys.executable, "-m", "flows.cli", "run", "--recipe", "configs/micro.yaml"], home)
 
 
-def _stop_during(home: Path, flow: str, after_s: float) -> tuple[str, float]:
+def _wait_for_running(home: Path, run_name: str, timeout: float = START_TIMEOUT_S) -> None:
+    """Poll the tracking store until MLflow run ``run_name`` is RUNNING."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(sqlite3.OperationalError):  # not created yet, or locked
+            if (run_name, "RUNNING") in run_statuses(home):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"no RUNNING MLflow run {run_name!r} in time")
+
+
+def _stop_during(home: Path, flow: str, after_s: float, inside_run: str | None = None
+                 ) -> tuple[str, float]:
     """Start the micro pipeline, SIGTERM its main process ``after_s`` seconds into sub-flow
-    ``flow``, check the stop; returns the stop line and the exit time."""
+    ``flow`` (or, with ``inside_run``, as soon as that MLflow run is RUNNING: a micro stage
+    can end within seconds on a fast machine), check the stop; returns the stop line and the
+    exit time."""
     cmd = _run(home)
     try:
         cmd.wait_for(rf"Beginning subflow run .* for flow '{flow}'")
-        time.sleep(after_s)
+        if inside_run:
+            _wait_for_running(home, inside_run)
+        else:
+            time.sleep(after_s)
         assert cmd.proc.poll() is None, cmd.output[-4000:]
         rc, seconds = cmd.stop()
-        print(f"SIGTERM {after_s:.0f}s into {flow}: exit {rc} after {seconds:.1f}s")  # (-s shows it)
+        when = f"in run {inside_run}" if inside_run else f"{after_s:.0f}s into {flow}"
+        print(f"SIGTERM {when}: exit {rc} after {seconds:.1f}s")  # (-s shows it)
         line = assert_stopped(cmd, rc, seconds)
         statuses = run_statuses(home)
         assert "RUNNING" not in {s for _, s in statuses}, statuses
@@ -222,7 +241,7 @@ def test_sigterm_during_data_training_and_evaluation_then_a_rerun_reuses_the_res
     line, _ = _stop_during(home, "data", 6.0)  # DVC is generating the sources
     assert "during data" in line
 
-    line, _ = _stop_during(home, "pretrain", 2.0)  # inside the first training stage
+    line, _ = _stop_during(home, "pretrain", 0.0, inside_run="pretrain-32px")  # inside the first stage
     assert "during pretrain" in line and "kept data version" in line and "backbones" in line, line
     assert [n for n, s in run_statuses(home) if s == "KILLED"][-1] == "pretrain-32px"
 
