@@ -115,11 +115,11 @@ def peak_flops(device_name: str) -> float | None:
 
 def batch_counts(batch: dict, shape: Shape) -> tuple[int, int, int, int]:
     """(real tokens, row length, images, labelled tokens) of a packed batch."""
-    from components.model.chat import IGNORE
+    from components.model.logps import labelled_tokens
 
     ids = batch["input_ids"]
     images = int((ids == shape.image_token_id).sum()) // shape.image_tokens
-    labelled = int((batch["labels"][:, 1:] != IGNORE).sum())
+    labelled = int(labelled_tokens(batch["labels"]).sum())
     return int(batch["attention_mask"].sum()), int(ids.shape[1]), images, labelled
 
 

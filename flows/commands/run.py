@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from pathlib import Path
-from typing import Any
 
 from components.recipe import STAGE_KINDS
 
@@ -28,10 +27,9 @@ DUE: dict[str, tuple[str, ...]] = {
 }
 
 
-def open_recipe(path: str, due: Collection[str] = (), passed: Callable[[], Any] | None = None):
+def open_recipe(path: str, due: Collection[str] = ()):
     """The offline environment, the validated recipe, its pre-flight for the stages ``due``
-    (raises `PreflightError` naming everything missing), ``passed()`` once it passed, then the
-    tracking store."""
+    (raises `PreflightError` naming everything missing), then the tracking store."""
     from flows.environment import configure_environment, configure_stores, data_workspace
 
     configure_environment()
@@ -42,8 +40,6 @@ def open_recipe(path: str, due: Collection[str] = (), passed: Callable[[], Any] 
         from components.recipe_checks import preflight
 
         preflight(recipe, due=due, registered=is_registered, workspace=data_workspace(recipe.name))
-    if passed is not None:
-        passed()
     configure_stores()
     return recipe
 
@@ -58,12 +54,12 @@ def is_registered(name: str) -> bool:
     return registry.find_version(name, {}) is not None
 
 
-def checked_recipe(args: argparse.Namespace, passed: Callable[[], Any] | None = None):
+def checked_recipe(args: argparse.Namespace):
     """The command's recipe after its pre-flight, or None (the reason printed) when it failed."""
     from components.recipe_checks import PreflightError
 
     try:
-        return open_recipe(args.recipe, DUE[args.command], passed)
+        return open_recipe(args.recipe, DUE[args.command])
     except PreflightError as exc:
         print(f"vlmforge {args.command}: error: {exc}", file=sys.stderr, flush=True)
         return None
@@ -79,20 +75,18 @@ def upstream(recipe):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.environment import prestart_prefect_server
-
-    # Prefect's server starts once the pre-flight has passed, while the stores open and the
-    # pipeline's modules import; `server_started` holds the wait for it
-    server_started: list[Callable[[], None]] = []
-    recipe = checked_recipe(args, passed=lambda: server_started.append(prestart_prefect_server()))
+    recipe = checked_recipe(args)
     if recipe is None:
         return 2
+    from flows.environment import prestart_prefect_server
+
+    server_started = prestart_prefect_server()  # while the pipeline's modules import
     from flows.pipeline import pipeline
     from flows.stages.launch import StageLauncher
 
     launcher = (StageLauncher(args.recipe, args.num_processes, args.accelerate_config)
                 if args.launcher == "accelerate" else None)
-    server_started[0]()
+    server_started()
     result = pipeline(recipe, force=args.force, launcher=launcher)
     print(result.summary(recipe.registered_model))
     return 0

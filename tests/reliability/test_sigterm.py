@@ -195,28 +195,32 @@ def _run(home: Path) -> Command:
     return Command([sys.executable, "-m", "flows.cli", "run", "--recipe", "configs/micro.yaml"], home)
 
 
-def _wait_for_running(home: Path, run_name: str, timeout: float = START_TIMEOUT_S) -> None:
-    """Poll the tracking store until MLflow run ``run_name`` is RUNNING."""
+def _wait_for_training(home: Path, run_name: str, timeout: float = START_TIMEOUT_S) -> None:
+    """Poll the tracking store until MLflow run ``run_name`` is RUNNING and has logged a
+    training step."""
+    query = ("SELECT 1 FROM runs r JOIN metrics m ON m.run_uuid = r.run_uuid "
+             "WHERE r.name = ? AND r.status = 'RUNNING' LIMIT 1")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(sqlite3.OperationalError):  # not created yet, or locked
-            if (run_name, "RUNNING") in run_statuses(home):
-                return
+        with contextlib.suppress(sqlite3.OperationalError):  # no store yet, or locked
+            with sqlite3.connect(home / "mlflow.db") as db:
+                if db.execute(query, (run_name,)).fetchone():
+                    return
         time.sleep(0.05)
-    raise AssertionError(f"no RUNNING MLflow run {run_name!r} in time")
+    raise AssertionError(f"MLflow run {run_name!r} logged no training step in time")
 
 
-def _stop_during(home: Path, flow: str, after_s: float, inside_run: str | None = None
+def _stop_during(home: Path, flow: str, after_s: float = 0.0, inside_run: str | None = None
                  ) -> tuple[str, float]:
     """Start the micro pipeline, SIGTERM its main process ``after_s`` seconds into sub-flow
-    ``flow`` (or, with ``inside_run``, as soon as that MLflow run is RUNNING: a micro stage
-    can end within seconds on a fast machine), check the stop; returns the stop line and the
-    exit time."""
+    ``flow`` (or, with ``inside_run``, as soon as that MLflow run has logged a training step:
+    a micro stage can end within seconds on a fast machine), check the stop; returns the stop
+    line and the exit time."""
     cmd = _run(home)
     try:
         cmd.wait_for(rf"Beginning subflow run .* for flow '{flow}'")
         if inside_run:
-            _wait_for_running(home, inside_run)
+            _wait_for_training(home, inside_run)
         else:
             time.sleep(after_s)
         assert cmd.proc.poll() is None, cmd.output[-4000:]
@@ -241,7 +245,7 @@ def test_sigterm_during_data_training_and_evaluation_then_a_rerun_reuses_the_res
     line, _ = _stop_during(home, "data", 6.0)  # DVC is generating the sources
     assert "during data" in line
 
-    line, _ = _stop_during(home, "pretrain", 0.0, inside_run="pretrain-32px")  # inside the first stage
+    line, _ = _stop_during(home, "pretrain", inside_run="pretrain-32px")  # inside the first stage
     assert "during pretrain" in line and "kept data version" in line and "backbones" in line, line
     assert [n for n, s in run_statuses(home) if s == "KILLED"][-1] == "pretrain-32px"
 
