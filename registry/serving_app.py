@@ -29,7 +29,6 @@ copies). Run with ``uvicorn --factory registry.serving_app:build_app`` (see flow
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
 import logging
 import os
@@ -316,7 +315,12 @@ def build_app() -> RequestGuard:
     # puts its code/ copies first on sys.path, so they are not mixed with those copies.
     import components  # noqa: F401
 
+    # The download goes as soon as the model is loaded: everything is in memory then (the
+    # safetensors weights stay mapped after the unlink), and uvicorn ends a SIGTERM by
+    # re-raising it, so an atexit clean-up would never run.
     workdir = Path(tempfile.mkdtemp(prefix="vlmforge-serve-"))
-    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
-    model_dir = verified_model_dir(os.environ[MODEL_URI_ENV], workdir)
-    return RequestGuard(scoring_server.init(mlflow.pyfunc.load_model(str(model_dir))))
+    try:
+        model = mlflow.pyfunc.load_model(str(verified_model_dir(os.environ[MODEL_URI_ENV], workdir)))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return RequestGuard(scoring_server.init(model))

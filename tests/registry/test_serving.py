@@ -111,9 +111,14 @@ def test_predict_validates_rows(vlm_dir: Path) -> None:
 
 
 def test_model_server_answers_and_rejects_bad_requests(home: Path, model_name: str,
-                                                       vlm_dir: Path, tmp_path: Path) -> None:
+                                                       vlm_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.commands.serve import free_port, start_server, stop_server, wait_until_ready
     from registry.serving_limits import LIMITS
+
+    server_tmp = tmp_path / "server-tmp"  # the server downloads the model under its TMPDIR
+    server_tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(server_tmp))
 
     with registry.start_run("train") as run_id:
         version = registry.register_hf_model(vlm_dir, model_name, run_id=run_id, tags={})
@@ -162,9 +167,12 @@ def test_model_server_answers_and_rejects_bad_requests(home: Path, model_name: s
         assert status == 200, body
         assert body["predictions"][0]["answer"] == first  # same pixels, same greedy answer
         assert proc.poll() is None
+        # the model answers from memory: its download is gone (a SIGTERM skips atexit)
+        assert list(server_tmp.iterdir()) == []
     finally:
         stop_server(proc)
     assert proc.poll() is not None
+    assert list(server_tmp.iterdir()) == []
 
 
 def _sphinx_dir(tokenizer, tmp_path: Path) -> Path:
