@@ -138,8 +138,8 @@ class GroundConnector(_Strict):
 
     images: int = Field(2000, gt=0)  # annotated training images the closed-form fit uses
     ridge: float = Field(1.0, gt=0)  # L2 penalty of the ridge regression
-    # resolution of the fit (None: the stage's): the largest a later stage uses covers its
-    # tiles and, through the global view, every smaller resolution
+    # resolution of the fit (None: the stage's): a larger one covers its tiles and, through the
+    # global view, every smaller resolution, at a cost in fit on that view (the ground-32px study)
     longest_edge: int | None = Field(None, gt=0)
     # the phrase also names the region's quadrant ("red circle top left"), so an image token
     # carries where it is as a word, as it carries colour and shape
