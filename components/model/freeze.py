@@ -99,6 +99,10 @@ def apply_unfreezing(model: nn.Module, schedule: dict[str, Mode], lora_rank: int
     if lora_groups:
         add_lora(model, lora_groups, lora_rank)
     groups = parameter_groups(model)
+    empty = [g for g, ps in groups.items() if not ps and schedule[g] != "frozen"]
+    if empty:
+        raise ValueError(f"group {empty[0]!r} has no parameters in this model (an Idefics model "
+                         "without its resampler has no connector): set it frozen")
     for group, params in groups.items():
         for name, p in params:
             p.requires_grad_(schedule[group] == "full" or (schedule[group] == "lora" and _is_lora(name)))

@@ -33,6 +33,8 @@ class ModelSpec(BaseModel):
     # idefics3: "pool" starts the projection as a mean over the merged patches (pool_init)
     connector_init: Literal["random", "pool"] = "random"
     resampler_latents: int = Field(16, gt=0)  # idefics2 / idefics: perceiver latents per image
+    # idefics: false lets the cross-attention read the tower's patch features directly
+    use_resampler: bool = True
     resampler_depth: int = Field(2, gt=0)
     resampler_heads: int = Field(4, gt=0)
     resampler_head_dim: int | None = Field(None, gt=0)  # None: the width / resampler_heads
@@ -70,6 +72,6 @@ class ModelSpec(BaseModel):
 
 
 # options that belong to one architecture or another (`Architecture.options`)
-ARCHITECTURE_OPTIONS = ("scale_factor", "connector_init", "resampler_latents", "resampler_depth",
+ARCHITECTURE_OPTIONS = ("scale_factor", "connector_init", "resampler_latents", "use_resampler", "resampler_depth",
                         "resampler_heads", "resampler_head_dim", "cross_layer_interval",
                         "cross_attn_gate", "fusion_vision", "standardize_features")

@@ -63,7 +63,8 @@ def _check_backbones(vision_config, text_config) -> None:
 
 def idefics_config(vision_config, text_config, *, cross_layer_interval: int, n_latents: int,
                    resampler_depth: int, resampler_heads: int, resampler_head_dim: int,
-                   tokenizer: PreTrainedTokenizerBase, gate: str = "zeros") -> IdeficsConfig:
+                   tokenizer: PreTrainedTokenizerBase, gate: str = "zeros",
+                   use_resampler: bool = True) -> IdeficsConfig:
     vision = dict(embed_dim=vision_config.hidden_size, image_size=vision_config.image_size,
                   intermediate_size=vision_config.intermediate_size,
                   patch_size=vision_config.patch_size, num_channels=vision_config.num_channels,
@@ -78,8 +79,8 @@ def idefics_config(vision_config, text_config, *, cross_layer_interval: int, n_l
         rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
         rope_parameters=dict(t.rope_parameters), tie_word_embeddings=bool(t.tie_word_embeddings),
         cross_layer_interval=cross_layer_interval, alpha_initializer=gate, alpha_type="float",
-        use_resampler=True,
-        perceiver_config=dict(use_resampler=True, resampler_n_latents=n_latents,
+        use_resampler=use_resampler,
+        perceiver_config=dict(use_resampler=use_resampler, resampler_n_latents=n_latents,
                               resampler_depth=resampler_depth, resampler_n_heads=resampler_heads,
                               resampler_head_dim=resampler_head_dim),
         vision_config=vision,
@@ -101,9 +102,10 @@ def assemble_idefics(vision: PreTrainedModel, lm: PreTrainedModel, tokenizer: Pr
                      *, seed: int = 0, cross_layer_interval: int = 1, n_latents: int = 16,
                      resampler_depth: int = 2, resampler_heads: int = 4,
                      resampler_head_dim: int | None = None, gate: str = "zeros",
-                     **_: object) -> IdeficsForVisionText2Text:
+                     use_resampler: bool = True, **_: object) -> IdeficsForVisionText2Text:
     """Flamingo-style VLM: both backbones copied in by name; perceiver + gated cross-attention
-    layers are new (from ``seed``), their gates at zero (``gate="ones"``: open)."""
+    layers are new (from ``seed``), their gates at zero (``gate="ones"``: open). Without the
+    resampler the cross-attention reads the tower's patch features (and CLS) directly."""
     check_vocab(lm, tokenizer)
     _check_backbones(vision.config, lm.config)
     if lm.config.num_hidden_layers % cross_layer_interval:
@@ -113,7 +115,7 @@ def assemble_idefics(vision: PreTrainedModel, lm: PreTrainedModel, tokenizer: Pr
         vision.config, lm.config, cross_layer_interval=cross_layer_interval, n_latents=n_latents,
         resampler_depth=resampler_depth, resampler_heads=resampler_heads,
         resampler_head_dim=resampler_head_dim or vision.config.hidden_size // resampler_heads,
-        tokenizer=tokenizer, gate=gate)
+        tokenizer=tokenizer, gate=gate, use_resampler=use_resampler)
     with seeded(seed):
         model = IdeficsForVisionText2Text(config)
     copy_exact(model.model.vision_model, vision_tower_state(vision), "vision")
@@ -148,7 +150,8 @@ def _assemble(vision, lm, tokenizer, model_spec, seed: int) -> IdeficsForVisionT
     return assemble_idefics(vision, lm, tokenizer, seed=seed,
                             cross_layer_interval=m.cross_layer_interval, n_latents=m.resampler_latents,
                             resampler_depth=m.resampler_depth, resampler_heads=m.resampler_heads,
-                            resampler_head_dim=m.resampler_head_dim, gate=m.cross_attn_gate)
+                            resampler_head_dim=m.resampler_head_dim, gate=m.cross_attn_gate,
+                            use_resampler=m.use_resampler)
 
 
 SPEC = Architecture(
@@ -157,9 +160,10 @@ SPEC = Architecture(
     groups={"vision": ("model.vision_model.",), "connector": ("model.perceiver_resampler.",),
             "cross_attn": ("model.gated_cross_attn_layers.",),
             "text": ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")},
-    card=lambda m: (f"perceiver resampler ({m.resampler_latents} latents) and gated "
+    card=lambda m: ((f"perceiver resampler ({m.resampler_latents} latents)" if m.use_resampler
+                     else "the tower's patch features") + " and gated "
                     f"cross-attention every {m.cross_layer_interval} LM layer(s)"),
     supports=Features(packing=False, splitting=False),
-    options=("resampler_latents", "resampler_depth", "resampler_heads", "resampler_head_dim",
-             "cross_layer_interval", "cross_attn_gate"),
+    options=("resampler_latents", "use_resampler", "resampler_depth", "resampler_heads",
+             "resampler_head_dim", "cross_layer_interval", "cross_attn_gate"),
 )

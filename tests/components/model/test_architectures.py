@@ -75,6 +75,33 @@ def test_open_cross_attention_gates_let_the_image_in_from_the_start(tokenizer, t
         ModelSpec(architecture="llava", cross_attn_gate="ones")
 
 
+def test_flamingo_without_resampler_cross_attends_to_the_patch_features(tokenizer, tmp_path):
+    vision, lm = saved_backbones("idefics", len(tokenizer), tmp_path)
+    model = assemble(model_spec("idefics", use_resampler=False, cross_attn_gate="ones"),
+                     vision, lm, tokenizer, seed=0)
+    assert not [n for n, _ in model.named_parameters() if "perceiver" in n]
+    processor = processor_for(model, tokenizer, 32)
+    batch = colour_batch(processor, 2)
+    model.eval()
+    with torch.no_grad():
+        other = {**batch, "pixel_values": torch.randn_like(batch["pixel_values"])}
+        assert not torch.allclose(model(**batch).logits, model(**other).logits, atol=1e-4)
+    model.save_pretrained(tmp_path / "vlm")
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "vlm").eval()
+    assert loaded.config.use_resampler is False
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, loaded(**batch).logits)
+    with pytest.raises(ValueError, match="group 'connector' has no parameters"):
+        apply_unfreezing(model, SCHEDULES["idefics"], lora_rank=4)
+    apply_unfreezing(model, {**SCHEDULES["idefics"], "connector": "frozen"}, lora_rank=4)
+    model.train()
+    torch.manual_seed(0)
+    losses = fit(model, colour_batch(processor), 12)
+    assert losses[-1] < 0.6 * losses[0], losses
+    with pytest.raises(ValueError, match="use_resampler does not apply"):
+        ModelSpec(architecture="idefics2", use_resampler=False)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_saved_vlm_loads_with_auto_classes(arch, tokenizer, tmp_path):
     _, _, model, processor = build(arch, tokenizer, tmp_path)
