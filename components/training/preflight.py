@@ -80,6 +80,10 @@ def image_feature_count(model, item: Encoded) -> int:
     if item.pixel_values is None:
         return 0
     if item.layout == "cross":  # Flamingo: one marker per image, features by cross-attention
+        # a text-only row carries one all-zero stand-in image that no token attends to
+        # (ChatEncoder.tokenize)
+        if item.pixel_values.shape[0] == 1 and not item.pixel_values.any():
+            return 0
         return int(item.pixel_values.shape[0])
     inner = model.model
     with torch.no_grad():

@@ -74,3 +74,13 @@ def test_a_label_on_an_image_token_fails_with_the_sample_id(tokenizer):
     item.labels[1] = item.input_ids[1]  # a user-turn token
     with pytest.raises(PreflightError, match="labels on"):
         label_share(encoder, [(sample.key, item)])
+
+
+def test_a_flamingo_stage_with_text_only_samples_passes(tokenizer, tmp_path):
+    from tests.components.model.helpers import build
+
+    _, _, model, processor = build("idefics", tokenizer, tmp_path)
+    encoder = ChatEncoder(processor, max_length=256)  # a text-only row brings an all-zero image
+    batches = ChatBatches([], encoder, batch_size=2)
+    report = run_preflight(model.eval(), encoder, _samples(), batches.encode, packing=False)
+    assert report.rows == 6 and report.checks[0] == "image tokens = image features"
