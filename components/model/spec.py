@@ -72,6 +72,7 @@ class ModelSpec(BaseModel):
 
 
 # options that belong to one architecture or another (`Architecture.options`)
-ARCHITECTURE_OPTIONS = ("scale_factor", "connector_init", "resampler_latents", "use_resampler", "resampler_depth",
-                        "resampler_heads", "resampler_head_dim", "cross_layer_interval",
-                        "cross_attn_gate", "fusion_vision", "standardize_features")
+ARCHITECTURE_OPTIONS = ("scale_factor", "connector_init", "resampler_latents", "use_resampler",
+                        "resampler_depth", "resampler_heads", "resampler_head_dim",
+                        "cross_layer_interval", "cross_attn_gate", "fusion_vision",
+                        "standardize_features")
