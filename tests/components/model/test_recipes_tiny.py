@@ -75,7 +75,8 @@ print(json.dumps({r: registry.get_run(r)["metrics"] for r in sys.argv[1:]}))
 @pytest.mark.parametrize("recipe_name", ["tiny-llava", "tiny-flamingo"])
 def test_tiny_recipe_pretraining_end_to_end(recipe_name, tmp_path):
     """data -> backbones -> pretrain stages with the CLI, in a fresh VLMFORGE_HOME; every
-    pretraining stage registers a model and its loss falls."""
+    pretraining stage registers a model and its loss falls (a connector-only stage: its fit
+    explains most of the held-out targets)."""
     env = dict(os.environ, VLMFORGE_HOME=str(tmp_path / "home"))
     out = ""
     for command in ("data", "backbones", "pretrain"):
@@ -87,5 +88,9 @@ def test_tiny_recipe_pretraining_end_to_end(recipe_name, tmp_path):
     assert len(runs) == len(recipe.stages_of("pretrain")), out
     metrics = json.loads(subprocess.run([sys.executable, "-c", METRICS, *runs], cwd=ROOT, env=env,
                                         check=True, capture_output=True, text=True).stdout)
-    for run_id, m in metrics.items():
-        assert m["loss_last"] < m["loss_first"], (run_id, m)
+    for stage, run_id in zip(recipe.stages_of("pretrain"), runs, strict=True):
+        m = metrics[run_id]
+        if stage.train.steps == 0:  # a connector-only stage: fitted in closed form, no loss
+            assert m["ground_heldout_r2"] > 0.5, (stage.name, m)
+        else:
+            assert m["loss_last"] < m["loss_first"], (stage.name, m)
