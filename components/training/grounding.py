@@ -9,9 +9,15 @@ layer to those targets in closed form (ridge regression over the frozen tower's 
 Idefics3's pixel-shuffle projection, or LLaVA's second MLP layer over the first layer's
 fixed random features) on records that say where their objects are.
 
+Idefics (Flamingo) without the perceiver resampler has no connector: its gated
+cross-attention layers read the tower's patch features. There the fitted map becomes every
+cross-attention layer's key and value projection, and the query and output projections start
+as the identity: each text position looks up the image tokens that hold its own words'
+embeddings ("circle") and adds what they show ("red circle") to its residual stream.
+
 Region annotations: a record's ``objects`` with a ``quadrant`` (the shape scenes). An image
 token's target is the phrase embedding of the region that contains the centre of the area
-the token covers; tokens on background get the zero vector.
+the token covers; tokens on background (and a CLS token) get the zero vector.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 from PIL import Image
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image
+NOWHERE: Box = (-1.0, -1.0, -1.0, -1.0)  # a token that covers no place (CLS): target zero
 QUADRANT_BOXES: dict[str, Box] = {
     "top left": (0.0, 0.0, 0.5, 0.5),
     "top right": (0.5, 0.0, 1.0, 0.5),
@@ -84,12 +91,24 @@ def _is_llava(model) -> bool:
     return hasattr(model.model, "multi_modal_projector")
 
 
+def _cross_attentions(model) -> list | None:
+    """Idefics' gated cross-attention modules, or None for a model without them."""
+    layers = getattr(model.model, "gated_cross_attn_layers", None)
+    return None if layers is None else [layer.cross_attn for layer in layers]
+
+
 def projection_of(model) -> torch.nn.Linear:
     """The linear layer the fit sets: the projection after pixel shuffle of an Idefics3-style
-    connector, or the second layer of LLaVA's MLP projector (over the first layer's random
-    features: the standardised tower features through linear_1 and its activation)."""
+    connector, the second layer of LLaVA's MLP projector (over the first layer's random
+    features: the standardised tower features through linear_1 and its activation), or the
+    first cross-attention layer's value projection of Idefics without a resampler."""
     if _is_llava(model):
         return model.model.multi_modal_projector.linear_2
+    if (attentions := _cross_attentions(model)) is not None:
+        if model.config.use_resampler:
+            raise ValueError("ground_connector on idefics needs model.use_resampler: false (the "
+                             "cross-attention must read the tower's patch features to be fitted)")
+        return attentions[0].v_proj
     proj = getattr(getattr(getattr(model.model, "connector", None), "modality_projection", None), "proj", None)
     if not isinstance(proj, torch.nn.Linear):
         raise ValueError(f"ground_connector needs an Idefics3-style connector (pixel shuffle, then one "
@@ -150,11 +169,39 @@ def _llava_tokens(model, image_processor, images: list[Image.Image]) -> Tokens:
     return [(row, boxes, torch.ones(len(boxes), 1, dtype=torch.float64)) for row in x]
 
 
+def _idefics_tokens(model, image_processor, images: list[Image.Image]) -> Tokens:
+    """The tower's CLS and patch features, as Idefics' cross-attention reads them."""
+    vision = model.config.vision_config
+    x = model.model.vision_model(pixel_values=image_processor(images, return_tensors="pt")).last_hidden_state
+    boxes = [NOWHERE] + token_boxes(0, 0, vision.image_size // vision.patch_size)
+    return [(row, boxes, torch.ones(len(boxes), 1, dtype=torch.float64)) for row in x]
+
+
+def _tokens_of(model):
+    if _is_llava(model):
+        return _llava_tokens
+    return _idefics3_tokens if _cross_attentions(model) is None else _idefics_tokens
+
+
+@torch.no_grad()
+def _set_projection(model, weight: torch.Tensor) -> None:
+    """Write the fitted map (features x targets) into the layer(s) it initialises."""
+    attentions = _cross_attentions(model)
+    for linear in ([projection_of(model)] if attentions is None
+                   else [p for a in attentions for p in (a.k_proj, a.v_proj)]):
+        linear.weight.copy_(weight.T.to(linear.weight.dtype))
+        if linear.bias is not None:
+            linear.bias.zero_()
+    for attention in attentions or ():
+        for linear in (attention.q_proj, attention.o_proj):
+            linear.weight.copy_(torch.eye(*linear.weight.shape, dtype=linear.weight.dtype))
+
+
 @torch.no_grad()
 def _moments(model, image_processor, tokenizer, records: Iterable[tuple[Image.Image, dict]],
              name_position: bool, chunk: int = 64) -> _Moments:
     proj = projection_of(model)
-    tokens_of = _llava_tokens if _is_llava(model) else _idefics3_tokens
+    tokens_of = _tokens_of(model)
     embeddings = model.get_input_embeddings().weight.detach().float()
     m = _Moments(torch.zeros(proj.in_features, proj.in_features, dtype=torch.float64),
                  torch.zeros(proj.in_features, proj.out_features, dtype=torch.float64),
@@ -202,9 +249,6 @@ def fit_connector(model, image_processor, tokenizer, records: Iterable[tuple[Ima
         raise ValueError("ground_connector found no annotated images (records with objects and "
                          "quadrants) in the stage's sources")
     weight = torch.linalg.solve(fit.xtx + ridge * torch.eye(proj.in_features, dtype=torch.float64), fit.xty)
-    with torch.no_grad():
-        proj.weight.copy_(weight.T.to(proj.weight.dtype))
-        if proj.bias is not None:
-            proj.bias.zero_()
+    _set_projection(model, weight)
     check = _moments(model, image_processor, tokenizer, heldout, name_position)
     return GroundingFit(fit.images, fit.tokens, fit.r2(weight), check.r2(weight) if check.images else None)

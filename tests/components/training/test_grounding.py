@@ -9,8 +9,10 @@ import torch
 from components.data.corpus import generate_samples
 from components.data.shards import write_shard
 from components.model.architectures.idefics3 import assemble_idefics3, build_processor
+from components.model.build import assemble, processor_for
 from components.recipe import parse_stage
 from components.training.grounding import (
+    NOWHERE,
     QUADRANT_BOXES,
     fit_connector,
     phrase_embedding,
@@ -20,7 +22,7 @@ from components.training.grounding import (
     token_targets,
 )
 from components.training.stage import run_stage
-from tests.components.model.helpers import build
+from tests.components.model.helpers import build, model_spec, saved_backbones
 
 QUADRANTS = list(QUADRANT_BOXES.values())
 
@@ -116,6 +118,40 @@ def test_llava_fits_its_second_projector_layer_over_one_token_per_patch(tokenize
     assert fit.heldout_r2 == pytest.approx(r2.item(), abs=1e-4)
     # 32 random features of an untrained micro tower: some of the targets' variance, not most
     assert fit.r2 > 0.15 and fit.heldout_r2 > 0.1
+
+
+def test_flamingo_without_resampler_fits_every_cross_attention_layer_keys_and_values(tokenizer, tmp_path):
+    vision, lm = saved_backbones("idefics", len(tokenizer), tmp_path)
+    model = assemble(model_spec("idefics", use_resampler=False), vision, lm, tokenizer, seed=0)
+    processor = processor_for(model, tokenizer, 32)
+    untouched = {k: v.clone() for k, v in model.state_dict().items() if "gated_cross_attn" not in k}
+    heldout = _scenes("val", 40)
+    fit = fit_connector(model, processor.image_processor, tokenizer, _scenes("train", 300), 1e-3, heldout)
+    assert (fit.images, fit.tokens) == (300, 300 * 17)  # CLS + 4 x 4 patches
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in untouched.items())  # tower and LM untouched
+    emb = model.get_input_embeddings().weight.detach()
+    pixels = processor.image_processor([im for im, _ in heldout], return_tensors="pt")
+    with torch.no_grad():
+        features = model.model.vision_model(pixel_values=pixels).last_hidden_state
+    target = torch.stack([token_targets(regions(r), [NOWHERE] + token_boxes(0, 0, 4), tokenizer, emb)
+                          for _, r in heldout])
+    for layer in model.model.gated_cross_attn_layers:
+        attention = layer.cross_attn
+        assert torch.equal(attention.k_proj.weight, attention.v_proj.weight)
+        assert torch.equal(attention.q_proj.weight, torch.eye(emb.shape[1]))
+        assert torch.equal(attention.o_proj.weight, torch.eye(emb.shape[1]))
+        with torch.no_grad():
+            out = attention.v_proj(features)
+        r2 = 1 - ((out - target) ** 2).sum() / ((target - target.reshape(-1, emb.shape[1]).mean(0)) ** 2).sum()
+        assert fit.heldout_r2 == pytest.approx(r2.item(), abs=1e-4)
+    assert fit.r2 > 0.15 and fit.heldout_r2 > 0.1
+
+
+def test_flamingo_with_its_resampler_cannot_be_grounded(tokenizer, tmp_path):
+    *_, model, _ = build("idefics", tokenizer, tmp_path)
+    with pytest.raises(ValueError, match="use_resampler: false"):
+        projection_of(model)
 
 
 def test_a_connector_without_one_linear_projection_cannot_be_grounded(tokenizer, tmp_path):
