@@ -451,7 +451,7 @@ _LATER_NESTED = {"replay": {"split_turns": False}, "ground_connector": {"name_po
 _LATER_MODEL = {"connector_init": "random", "resampler_latents": 16, "resampler_depth": 2,
                 "resampler_heads": 4, "cross_layer_interval": 1, "fusion_vision": None,
                 "vision_inline": None, "resampler_head_dim": None, "cross_attn_gate": "zeros",
-                "use_resampler": True}
+                "use_resampler": True, "cross_attn_qk_norm": False}
 
 
 def _without_defaults(data: dict, defaults: dict) -> dict:

@@ -42,6 +42,9 @@ class ModelSpec(BaseModel):
     # idefics: the gates' start, tanh(0) = closed (Flamingo: the VLM starts as the LM) or
     # tanh(1) = open (the new layers get full gradient from the first step)
     cross_attn_gate: Literal["zeros", "ones"] = "zeros"
+    # idefics: RMS-normalise each head's queries and keys in the cross-attention (Idefics'
+    # qk_layer_norms), so no image token wins by its key's length alone
+    cross_attn_qk_norm: bool = False
     # llava only: a second vision tower fused per patch (SPHINX), e.g. facebook/dinov2-small
     fusion_vision: str | None = None
     max_length: int = Field(256, gt=0)
@@ -74,5 +77,5 @@ class ModelSpec(BaseModel):
 # options that belong to one architecture or another (`Architecture.options`)
 ARCHITECTURE_OPTIONS = ("scale_factor", "connector_init", "resampler_latents", "use_resampler",
                         "resampler_depth", "resampler_heads", "resampler_head_dim",
-                        "cross_layer_interval", "cross_attn_gate", "fusion_vision",
+                        "cross_layer_interval", "cross_attn_gate", "cross_attn_qk_norm", "fusion_vision",
                         "standardize_features")

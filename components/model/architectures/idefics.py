@@ -64,7 +64,7 @@ def _check_backbones(vision_config, text_config) -> None:
 def idefics_config(vision_config, text_config, *, cross_layer_interval: int, n_latents: int,
                    resampler_depth: int, resampler_heads: int, resampler_head_dim: int,
                    tokenizer: PreTrainedTokenizerBase, gate: str = "zeros",
-                   use_resampler: bool = True) -> IdeficsConfig:
+                   use_resampler: bool = True, qk_norm: bool = False) -> IdeficsConfig:
     vision = dict(embed_dim=vision_config.hidden_size, image_size=vision_config.image_size,
                   intermediate_size=vision_config.intermediate_size,
                   patch_size=vision_config.patch_size, num_channels=vision_config.num_channels,
@@ -79,7 +79,7 @@ def idefics_config(vision_config, text_config, *, cross_layer_interval: int, n_l
         rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
         rope_parameters=dict(t.rope_parameters), tie_word_embeddings=bool(t.tie_word_embeddings),
         cross_layer_interval=cross_layer_interval, alpha_initializer=gate, alpha_type="float",
-        use_resampler=use_resampler,
+        use_resampler=use_resampler, qk_layer_norms=qk_norm,
         perceiver_config=dict(use_resampler=use_resampler, resampler_n_latents=n_latents,
                               resampler_depth=resampler_depth, resampler_n_heads=resampler_heads,
                               resampler_head_dim=resampler_head_dim),
@@ -102,7 +102,8 @@ def assemble_idefics(vision: PreTrainedModel, lm: PreTrainedModel, tokenizer: Pr
                      *, seed: int = 0, cross_layer_interval: int = 1, n_latents: int = 16,
                      resampler_depth: int = 2, resampler_heads: int = 4,
                      resampler_head_dim: int | None = None, gate: str = "zeros",
-                     use_resampler: bool = True, **_: object) -> IdeficsForVisionText2Text:
+                     use_resampler: bool = True, qk_norm: bool = False,
+                     **_: object) -> IdeficsForVisionText2Text:
     """Flamingo-style VLM: both backbones copied in by name; perceiver + gated cross-attention
     layers are new (from ``seed``), their gates at zero (``gate="ones"``: open). Without the
     resampler the cross-attention reads the tower's patch features (and CLS) directly."""
@@ -115,7 +116,7 @@ def assemble_idefics(vision: PreTrainedModel, lm: PreTrainedModel, tokenizer: Pr
         vision.config, lm.config, cross_layer_interval=cross_layer_interval, n_latents=n_latents,
         resampler_depth=resampler_depth, resampler_heads=resampler_heads,
         resampler_head_dim=resampler_head_dim or vision.config.hidden_size // resampler_heads,
-        tokenizer=tokenizer, gate=gate, use_resampler=use_resampler)
+        tokenizer=tokenizer, gate=gate, use_resampler=use_resampler, qk_norm=qk_norm)
     with seeded(seed):
         model = IdeficsForVisionText2Text(config)
     copy_exact(model.model.vision_model, vision_tower_state(vision), "vision")
@@ -151,7 +152,7 @@ def _assemble(vision, lm, tokenizer, model_spec, seed: int) -> IdeficsForVisionT
                             cross_layer_interval=m.cross_layer_interval, n_latents=m.resampler_latents,
                             resampler_depth=m.resampler_depth, resampler_heads=m.resampler_heads,
                             resampler_head_dim=m.resampler_head_dim, gate=m.cross_attn_gate,
-                            use_resampler=m.use_resampler)
+                            use_resampler=m.use_resampler, qk_norm=m.cross_attn_qk_norm)
 
 
 SPEC = Architecture(
@@ -165,5 +166,5 @@ SPEC = Architecture(
                     f"cross-attention every {m.cross_layer_interval} LM layer(s)"),
     supports=Features(packing=False, splitting=False),
     options=("resampler_latents", "use_resampler", "resampler_depth", "resampler_heads",
-             "resampler_head_dim", "cross_layer_interval", "cross_attn_gate"),
+             "resampler_head_dim", "cross_layer_interval", "cross_attn_gate", "cross_attn_qk_norm"),
 )

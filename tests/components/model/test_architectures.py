@@ -102,6 +102,22 @@ def test_flamingo_without_resampler_cross_attends_to_the_patch_features(tokenize
         ModelSpec(architecture="idefics2", use_resampler=False)
 
 
+def test_flamingo_cross_attention_can_normalise_its_queries_and_keys(tokenizer, tmp_path):
+    vision, lm = saved_backbones("idefics", len(tokenizer), tmp_path)
+    model = assemble(model_spec("idefics", cross_attn_qk_norm=True, cross_attn_gate="ones"),
+                     vision, lm, tokenizer, seed=0)
+    assert all(layer.cross_attn.qk_layer_norms for layer in model.model.gated_cross_attn_layers)
+    assert not any(layer.self_attn.qk_layer_norms for layer in model.model.layers)  # the LM as it was
+    batch = colour_batch(processor_for(model, tokenizer, 32), 2)
+    model.save_pretrained(tmp_path / "vlm")
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "vlm").eval()
+    assert loaded.config.qk_layer_norms is True
+    with torch.no_grad():
+        assert torch.equal(model.eval()(**batch).logits, loaded(**batch).logits)
+    with pytest.raises(ValueError, match="cross_attn_qk_norm does not apply"):
+        ModelSpec(architecture="llava", cross_attn_qk_norm=True)
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_saved_vlm_loads_with_auto_classes(arch, tokenizer, tmp_path):
     _, _, model, processor = build(arch, tokenizer, tmp_path)
