@@ -27,6 +27,12 @@ from tests.components.model.helpers import build, model_spec, saved_backbones
 QUADRANTS = list(QUADRANT_BOXES.values())
 
 
+def _r2(out: torch.Tensor, target: torch.Tensor) -> float:
+    """Share of the targets' variance (around their mean vector) that ``out`` explains."""
+    flat = target.reshape(-1, target.shape[-1])
+    return (1 - ((out - target) ** 2).sum() / ((target - flat.mean(0)) ** 2).sum()).item()
+
+
 def test_token_boxes_follow_the_idefics3_layout():
     assert token_boxes(0, 0, 2) == QUADRANTS  # unsplit: the global view, row-major
     split = token_boxes(2, 2, 2)
@@ -69,8 +75,7 @@ def test_fit_lands_region_tokens_on_their_phrase_embeddings(backbones, tokenizer
     with torch.no_grad():
         out = model.model.connector(model.model.vision_model(pixel_values=pixels.flatten(0, 1)).last_hidden_state)
     target = torch.stack([token_targets(regions(r), QUADRANTS, tokenizer, emb) for _, r in heldout])
-    r2 = 1 - ((out - target) ** 2).sum() / ((target - target.reshape(-1, emb.shape[1]).mean(0)) ** 2).sum()
-    assert fit.heldout_r2 == pytest.approx(r2.item(), abs=1e-4)
+    assert fit.heldout_r2 == pytest.approx(_r2(out, target), abs=1e-4)
     assert fit.r2 > 0.6 and fit.heldout_r2 > 0.3
     # an occupied quadrant's token lies nearer its own target than the background's zero does
     occupied = target.norm(dim=-1) > 0
@@ -92,8 +97,7 @@ def test_name_position_adds_the_quadrant_to_each_phrase_and_the_fit_targets_it(b
 
     def r2(named: bool) -> float:
         target = torch.stack([token_targets(regions(r, named), QUADRANTS, tokenizer, emb) for _, r in heldout])
-        return (1 - ((out - target) ** 2).sum()
-                / ((target - target.reshape(-1, emb.shape[1]).mean(0)) ** 2).sum()).item()
+        return _r2(out, target)
 
     assert fit.heldout_r2 == pytest.approx(r2(True), abs=1e-4) and r2(True) != pytest.approx(r2(False), abs=1e-3)
 
@@ -114,8 +118,7 @@ def test_llava_fits_its_second_projector_layer_over_one_token_per_patch(tokenize
     out = torch.stack(list(out))
     target = torch.stack([token_targets(regions(r), token_boxes(0, 0, 4), tokenizer, emb)
                           for _, r in heldout])
-    r2 = 1 - ((out - target) ** 2).sum() / ((target - target.reshape(-1, emb.shape[1]).mean(0)) ** 2).sum()
-    assert fit.heldout_r2 == pytest.approx(r2.item(), abs=1e-4)
+    assert fit.heldout_r2 == pytest.approx(_r2(out, target), abs=1e-4)
     # 32 random features of an untrained micro tower: some of the targets' variance, not most
     assert fit.r2 > 0.15 and fit.heldout_r2 > 0.1
 
@@ -143,8 +146,7 @@ def test_flamingo_without_resampler_fits_every_cross_attention_layer_keys_and_va
         assert torch.equal(attention.o_proj.weight, torch.eye(emb.shape[1]))
         with torch.no_grad():
             out = attention.v_proj(features)
-        r2 = 1 - ((out - target) ** 2).sum() / ((target - target.reshape(-1, emb.shape[1]).mean(0)) ** 2).sum()
-        assert fit.heldout_r2 == pytest.approx(r2.item(), abs=1e-4)
+        assert fit.heldout_r2 == pytest.approx(_r2(out, target), abs=1e-4)
     assert fit.r2 > 0.15 and fit.heldout_r2 > 0.1
 
 
