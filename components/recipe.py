@@ -144,6 +144,10 @@ class GroundConnector(_Strict):
     # the phrase also names the region's quadrant ("red circle top left"), so an image token
     # carries where it is as a word, as it carries colour and shape
     name_position: bool = False
+    # an image token's target: "phrases", the LM's embedding of the phrase; "words", the
+    # phrase's bag of words, one coordinate per word, folded under each cross-attention layer's
+    # random keys and values (idefics without a resampler; grounding.py)
+    targets: Literal["phrases", "words"] = "phrases"
 
 
 class StageBase(_Strict):
@@ -447,7 +451,8 @@ _LATER_STAGE_OPTIONS = {"mixture": None, "lora_rank": 8, "split_turns": False,
 # same result, so they are never keyed (a run with them reuses the version without)
 _NOT_KEYED_STAGE_OPTIONS = ("gradient_checkpointing", "reference")
 _LATER_TRAIN = {"schedule": "cosine", "decay_fraction": 0.2}
-_LATER_NESTED = {"replay": {"split_turns": False}, "ground_connector": {"name_position": False}}
+_LATER_NESTED = {"replay": {"split_turns": False},
+                 "ground_connector": {"name_position": False, "targets": "phrases"}}
 _LATER_MODEL = {"connector_init": "random", "resampler_latents": 16, "resampler_depth": 2,
                 "resampler_heads": 4, "cross_layer_interval": 1, "fusion_vision": None,
                 "vision_inline": None, "resampler_head_dim": None, "cross_attn_gate": "zeros",
@@ -472,7 +477,13 @@ def _stage_view(stage: StageBase) -> dict:
 
 
 def _model_view(model: ModelSpec) -> dict:
-    return _without_defaults(model.model_dump(mode="json"), _LATER_MODEL)
+    view = _without_defaults(model.model_dump(mode="json"), _LATER_MODEL)
+    if model.architecture == "idefics" and not model.use_resampler:
+        # the connector group of Idefics without its resampler held nothing before 2026-12-06
+        # and holds the cross-attention's keys and values since: a stage that names it means
+        # something else now, so its versions from before are not reused
+        view["connector_group"] = "cross-attention keys and values"
+    return view
 
 
 # The first keys hashed the whole evaluate section, the gate's thresholds too, though no score

@@ -1,7 +1,8 @@
 """Parameter groups of a VLM and the per-stage unfreezing schedule: frozen | lora | full.
 
 Each architecture's spec names its groups (`Architecture.groups`: parameter-name prefixes
-of the stock transformers class): vision, connector, text, and cross_attn for idefics.
+of the stock transformers class, `*` standing for any run of characters; a parameter belongs
+to the first group that matches): vision, connector, text, and cross_attn for idefics.
 
 `lora` injects peft LoRA adapters (in place, the model keeps its stock class) into every
 Linear of the group except the LM head; `merge_lora` folds them back into the weights.
@@ -9,6 +10,7 @@ Linear of the group except the LM head; `merge_lora` folds them back into the we
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import Literal
 
 from torch import nn
@@ -25,7 +27,7 @@ def _is_lora(name: str) -> bool:
 
 def _group_of(name: str, prefixes: dict[str, tuple[str, ...]]) -> str | None:
     base = name.replace(".base_layer.", ".")
-    return next((g for g, ps in prefixes.items() if base.startswith(ps)), None)
+    return next((g for g, ps in prefixes.items() if any(fnmatchcase(base, p + "*") for p in ps)), None)
 
 
 def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
@@ -50,7 +52,7 @@ def add_lora(model: nn.Module, groups: list[str], rank: int) -> list[str]:
     prefixes = spec_of(model).groups
     targets = [n for n, m in model.named_modules()
                if isinstance(m, nn.Linear) and not n.startswith("lm_head")
-               and any(n.startswith(p) for g in groups for p in prefixes[g])
+               and _group_of(n + ".", prefixes) in groups
                and ".lora_" not in n and not n.endswith(".base_layer")]
     if not targets:
         raise ValueError(f"groups {groups} have no Linear layer for LoRA")
@@ -101,8 +103,7 @@ def apply_unfreezing(model: nn.Module, schedule: dict[str, Mode], lora_rank: int
     groups = parameter_groups(model)
     empty = [g for g, ps in groups.items() if not ps and schedule[g] != "frozen"]
     if empty:
-        raise ValueError(f"group {empty[0]!r} has no parameters in this model (an Idefics model "
-                         "without its resampler has no connector): set it frozen")
+        raise ValueError(f"group {empty[0]!r} has no parameters in this model: set it frozen")
     for group, params in groups.items():
         for name, p in params:
             p.requires_grad_(schedule[group] == "full" or (schedule[group] == "lora" and _is_lora(name)))

@@ -15,6 +15,16 @@ cross-attention layer's key and value projection, and the query and output proje
 as the identity: each text position looks up the image tokens that hold its own words'
 embeddings ("circle") and adds what they show ("red circle") to its residual stream.
 
+On tiny-flamingo that start bound neither colour nor existence. With ``targets="words"``
+each image token's target is instead its phrase's bag of words, one coordinate per word: the
+fitted map is folded under every cross-attention layer's own random key and value projections
+(queries and outputs keep their random start), so the layers see clean symbolic image tokens
+through fixed random projections, as long as the projections stay frozen (they are the
+connector group of Idefics without a resampler). On one-hot colour and shape tokens the
+frozen-LM cross-attention learnt colour, shape and existence; on the patch features, raw or
+standardised, or with the fitted projections left to train, it did not (README,
+"Architectures, LoRA and the larger recipes").
+
 Region annotations: a record's ``objects`` with a ``quadrant`` (the shape scenes). An image
 token's target is the phrase embedding of the region that contains the centre of the area
 the token covers; tokens on background (and a CLS token) get the zero vector.
@@ -24,12 +34,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from PIL import Image
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image
+WORD_SCALE = 3.0  # a word's coordinate in a "words" target
 NOWHERE: Box = (-1.0, -1.0, -1.0, -1.0)  # a token that covers no place (CLS): target zero
 QUADRANT_BOXES: dict[str, Box] = {
     "top left": (0.0, 0.0, 0.5, 0.5),
@@ -63,6 +74,15 @@ def phrase_embedding(tokenizer, embeddings: torch.Tensor, phrase: str) -> torch.
     """Sum of the input embeddings of ``phrase`` as it is tokenised inside a sentence."""
     ids = tokenizer.encode(" " + phrase, add_special_tokens=False)
     return embeddings[ids].sum(0)
+
+
+def word_table(tokenizer, phrases: Iterable[str]) -> torch.Tensor:
+    """A table over the token ids with one column per distinct token of ``phrases`` (WORD_SCALE
+    on its own row): used as the "embeddings" of `phrase_embedding`, a phrase's bag of words."""
+    ids = sorted({i for p in phrases for i in tokenizer.encode(" " + p, add_special_tokens=False)})
+    table = torch.zeros(len(tokenizer), len(ids))
+    table[ids, torch.arange(len(ids))] = WORD_SCALE
+    return table
 
 
 def token_targets(annotated: list[tuple[Box, str]], boxes: list[Box], tokenizer,
@@ -184,6 +204,20 @@ def _tokens_of(model):
 
 
 @torch.no_grad()
+def _fold_words(model, weight: torch.Tensor) -> None:
+    """Fold the fitted map to word coordinates (features x words) under every cross-attention
+    layer's random key and value projections: each reads the word coordinates through the
+    first columns of its own initial weight."""
+    words = weight.shape[1]
+    for attention in _cross_attentions(model):
+        for linear in (attention.k_proj, attention.v_proj):
+            if words > linear.in_features:
+                raise ValueError(f"ground_connector targets: words found {words} words, more than "
+                                 f"the {linear.in_features} feature channels")
+            linear.weight.copy_(linear.weight[:, :words] @ weight.T.to(linear.weight.dtype))
+
+
+@torch.no_grad()
 def _set_projection(model, weight: torch.Tensor) -> None:
     """Write the fitted map (features x targets) into the layer(s) it initialises."""
     attentions = _cross_attentions(model)
@@ -199,13 +233,13 @@ def _set_projection(model, weight: torch.Tensor) -> None:
 
 @torch.no_grad()
 def _moments(model, image_processor, tokenizer, records: Iterable[tuple[Image.Image, dict]],
-             name_position: bool, chunk: int = 64) -> _Moments:
+             name_position: bool, embeddings: torch.Tensor, chunk: int = 64) -> _Moments:
     proj = projection_of(model)
     tokens_of = _tokens_of(model)
-    embeddings = model.get_input_embeddings().weight.detach().float()
+    width = embeddings.shape[1]
     m = _Moments(torch.zeros(proj.in_features, proj.in_features, dtype=torch.float64),
-                 torch.zeros(proj.in_features, proj.out_features, dtype=torch.float64),
-                 ysum=torch.zeros(proj.out_features, dtype=torch.float64))
+                 torch.zeros(proj.in_features, width, dtype=torch.float64),
+                 ysum=torch.zeros(width, dtype=torch.float64))
     batch: list[tuple[Image.Image, list]] = []
 
     def flush() -> None:  # one product per chunk: per image, the d x d sums cost more than the tower
@@ -238,17 +272,27 @@ def _moments(model, image_processor, tokenizer, records: Iterable[tuple[Image.Im
 
 def fit_connector(model, image_processor, tokenizer, records: Iterable[tuple[Image.Image, dict]],
                   ridge: float, heldout: Iterable[tuple[Image.Image, dict]] = (),
-                  name_position: bool = False) -> GroundingFit:
+                  name_position: bool = False,
+                  targets: Literal["phrases", "words"] = "phrases") -> GroundingFit:
     """Set the connector's projection to the ridge solution mapping the frozen tower's
     pixel-shuffled features onto the token targets of the annotated ``records`` (image,
     record); the tower and the LM are unchanged. ``heldout`` records only measure the fit;
-    ``name_position`` adds each region's quadrant to its phrase."""
+    ``name_position`` adds each region's quadrant to its phrase; ``targets="words"`` fits
+    bags of words instead of phrase embeddings (Idefics without a resampler only)."""
     proj = projection_of(model)
-    fit = _moments(model, image_processor, tokenizer, records, name_position)
+    records = list(records)
+    if targets == "phrases":
+        embeddings = model.get_input_embeddings().weight.detach().float()
+    elif _cross_attentions(model) is None:
+        raise ValueError("ground_connector targets: words needs idefics without a resampler (the "
+                         "words are folded under its cross-attention's keys and values)")
+    else:
+        embeddings = word_table(tokenizer, (p for _, r in records for _, p in regions(r, name_position)))
+    fit = _moments(model, image_processor, tokenizer, records, name_position, embeddings)
     if not fit.images:
         raise ValueError("ground_connector found no annotated images (records with objects and "
                          "quadrants) in the stage's sources")
     weight = torch.linalg.solve(fit.xtx + ridge * torch.eye(proj.in_features, dtype=torch.float64), fit.xty)
-    _set_projection(model, weight)
-    check = _moments(model, image_processor, tokenizer, heldout, name_position)
+    (_set_projection if targets == "phrases" else _fold_words)(model, weight)
+    check = _moments(model, image_processor, tokenizer, heldout, name_position, embeddings)
     return GroundingFit(fit.images, fit.tokens, fit.r2(weight), check.r2(weight) if check.images else None)

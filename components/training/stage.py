@@ -73,7 +73,7 @@ def ground_connector(model, processor, stage: StageBase, shards: Path) -> Ground
         heldout = []
     return fit_connector(model, image_processor, processor.tokenizer,
                          itertools.islice(annotated("train"), spec.images), spec.ridge, heldout,
-                         name_position=spec.name_position)
+                         name_position=spec.name_position, targets=spec.targets)
 
 
 def run_stage(model, processor, stage: StageBase, shards: Path, *, seed: int, max_length: int,

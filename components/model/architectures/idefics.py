@@ -158,7 +158,11 @@ def _assemble(vision, lm, tokenizer, model_spec, seed: int) -> IdeficsForVisionT
 SPEC = Architecture(
     name="idefics", model_type="idefics", family="cross-attention",
     assemble=_assemble, processor=idefics_processor,
-    groups={"vision": ("model.vision_model.",), "connector": ("model.perceiver_resampler.",),
+    # the connector maps image features into the LM's attention: the perceiver resampler and
+    # every cross-attention layer's key and value projections (which `ground_connector` fits)
+    groups={"vision": ("model.vision_model.",),
+            "connector": ("model.perceiver_resampler.", "model.gated_cross_attn_layers.*.cross_attn.k_proj.",
+                          "model.gated_cross_attn_layers.*.cross_attn.v_proj."),
             "cross_attn": ("model.gated_cross_attn_layers.",),
             "text": ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")},
     card=lambda m: ((f"perceiver resampler ({m.resampler_latents} latents)" if m.use_resampler

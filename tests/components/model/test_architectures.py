@@ -91,9 +91,12 @@ def test_flamingo_without_resampler_cross_attends_to_the_patch_features(tokenize
     assert loaded.config.use_resampler is False
     with torch.no_grad():
         assert torch.equal(model(**batch).logits, loaded(**batch).logits)
-    with pytest.raises(ValueError, match="group 'connector' has no parameters"):
-        apply_unfreezing(model, SCHEDULES["idefics"], lora_rank=4)
-    apply_unfreezing(model, {**SCHEDULES["idefics"], "connector": "frozen"}, lora_rank=4)
+    # without the resampler the connector is the cross-attention's key and value projections
+    counts = apply_unfreezing(model, {**SCHEDULES["idefics"], "connector": "frozen"}, lora_rank=4)
+    key_values = [p for n, p in model.named_parameters() if n.endswith(("k_proj.weight", "v_proj.weight"))
+                  and ".cross_attn." in n]
+    assert key_values and not any(p.requires_grad for p in key_values) and counts["connector"] == 0
+    assert counts["cross_attn"] > 0
     model.train()
     torch.manual_seed(0)
     losses = fit(model, colour_batch(processor), 12)

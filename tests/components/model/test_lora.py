@@ -65,9 +65,13 @@ def test_schedule_must_name_each_group_of_the_architecture(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="unknown mode"):
         apply_unfreezing(model, {"vision": "frozen", "connector": "full", "cross_attn": "half",
                                  "text": "frozen"})
-    counts = apply_unfreezing(model, {"vision": "frozen", "connector": "full", "cross_attn": "lora",
+    counts = apply_unfreezing(model, {"vision": "frozen", "connector": "frozen", "cross_attn": "lora",
                                       "text": "frozen"})
-    assert counts["text"] == 0 and counts["cross_attn"] > 0
+    assert counts["text"] == 0 and counts["cross_attn"] > 0 and counts["connector"] == 0
+    # the cross-attention's key and value projections belong to the connector: no adapters there
+    adapted = {n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if ".lora_" in n}
+    assert adapted and all(".cross_attn." not in n or not n.endswith(("k_proj", "v_proj")) for n in adapted)
+    assert any(n.endswith("cross_attn.q_proj") for n in adapted)
 
 
 def test_adapters_start_the_same_whatever_ran_before(tokenizer, tmp_path):

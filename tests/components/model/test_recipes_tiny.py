@@ -47,7 +47,8 @@ def test_tiny_recipe_schedule_trains_micro_model(recipe_name, index, tokenizer, 
     arch = recipe.model.architecture
     vision, lm = saved_backbones(arch, len(tokenizer), tmp_path)
     lm_before = {k: v.clone() for k, v in lm.state_dict().items()}
-    model = assemble(model_spec(arch, cross_layer_interval=2), vision, lm, tokenizer, seed=0)
+    model = assemble(model_spec(arch, cross_layer_interval=2, use_resampler=recipe.model.use_resampler),
+                     vision, lm, tokenizer, seed=0)
     stage = recipe.stages[index]  # tiny-llava: its first stage with gradient steps
     stage = stage.model_copy(update={"train": stage.train.model_copy(update={
         "steps": 20, "batch_size": 8, "lr": 1e-2, "warmup_steps": 1, "log_every": 1})})

@@ -20,6 +20,7 @@ from components.training.grounding import (
     regions,
     token_boxes,
     token_targets,
+    word_table,
 )
 from components.training.stage import run_stage
 from tests.components.model.helpers import build, model_spec, saved_backbones
@@ -148,6 +149,47 @@ def test_flamingo_without_resampler_fits_every_cross_attention_layer_keys_and_va
             out = attention.v_proj(features)
         assert fit.heldout_r2 == pytest.approx(_r2(out, target), abs=1e-4)
     assert fit.r2 > 0.15 and fit.heldout_r2 > 0.1
+
+
+def test_word_targets_fold_a_bag_of_words_fit_under_each_cross_attention_layer(tokenizer, tmp_path):
+    vision, lm = saved_backbones("idefics", len(tokenizer), tmp_path)
+    model = assemble(model_spec("idefics", use_resampler=False), vision, lm, tokenizer, seed=0)
+    processor = processor_for(model, tokenizer, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train, heldout = _scenes("train", 300), _scenes("val", 40)
+    fit = fit_connector(model, processor.image_processor, tokenizer, train, 1e-3, heldout, targets="words")
+    table = word_table(tokenizer, (p for _, r in train for _, p in regions(r)))
+    red_circle = token_targets(regions({"objects": [{"colour": "red", "shape": "circle",
+                                                      "quadrant": "top left"}]}), [NOWHERE, QUADRANTS[0]],
+                               tokenizer, table)
+    assert red_circle[0].abs().sum() == 0 and sorted(red_circle[1].unique().tolist()) == [0.0, 3.0]
+    assert int((red_circle[1] > 0).sum()) == len(tokenizer.encode(" red circle", add_special_tokens=False))
+    # the tokens' word coordinates, as the ridge fit over the tower's CLS and patch features gives them
+    pixels = processor.image_processor([im for im, _ in train], return_tensors="pt")
+    with torch.no_grad():
+        x = model.model.vision_model(pixel_values=pixels).last_hidden_state
+    x, width = x.reshape(-1, x.shape[-1]).double(), x.shape[-1]
+    y = torch.cat([token_targets(regions(r), [NOWHERE] + token_boxes(0, 0, 4), tokenizer, table)
+                   for _, r in train]).double()
+    weight = torch.linalg.solve(x.T @ x + 1e-3 * torch.eye(width, dtype=torch.float64), x.T @ y).float()
+    words = table.shape[1]
+    for i, layer in enumerate(model.model.gated_cross_attn_layers):
+        for name in ("k_proj", "v_proj"):
+            initial = before[f"model.gated_cross_attn_layers.{i}.cross_attn.{name}.weight"]
+            assert torch.allclose(getattr(layer.cross_attn, name).weight, initial[:, :words] @ weight.T,
+                                  atol=1e-4)
+        for name in ("q_proj", "o_proj"):  # queries and outputs keep their random start
+            assert torch.equal(getattr(layer.cross_attn, name).weight,
+                               before[f"model.gated_cross_attn_layers.{i}.cross_attn.{name}.weight"])
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items() if "gated_cross_attn" not in k)
+    assert 0.15 < fit.r2 <= 1 and fit.heldout_r2 is not None and fit.heldout_r2 > 0.1
+
+
+def test_word_targets_need_a_model_with_cross_attention(tokenizer, tmp_path):
+    *_, model, processor = build("llava", tokenizer, tmp_path)
+    with pytest.raises(ValueError, match="targets: words needs idefics without a resampler"):
+        fit_connector(model, processor.image_processor, tokenizer, _scenes("train", 10), 1e-3, targets="words")
 
 
 def test_flamingo_with_its_resampler_cannot_be_grounded(tokenizer, tmp_path):
