@@ -280,13 +280,13 @@ def fit_connector(model, image_processor, tokenizer, records: Iterable[tuple[Ima
     ``name_position`` adds each region's quadrant to its phrase; ``targets="words"`` fits
     bags of words instead of phrase embeddings (Idefics without a resampler only)."""
     proj = projection_of(model)
-    records = list(records)
     if targets == "phrases":
         embeddings = model.get_input_embeddings().weight.detach().float()
     elif _cross_attentions(model) is None:
         raise ValueError("ground_connector targets: words needs idefics without a resampler (the "
                          "words are folded under its cross-attention's keys and values)")
-    else:
+    else:  # the word columns come from the records, which the fit then reads again
+        records = list(records)
         embeddings = word_table(tokenizer, (p for _, r in records for _, p in regions(r, name_position)))
     fit = _moments(model, image_processor, tokenizer, records, name_position, embeddings)
     if not fit.images:

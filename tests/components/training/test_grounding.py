@@ -124,10 +124,21 @@ def test_llava_fits_its_second_projector_layer_over_one_token_per_patch(tokenize
     assert fit.r2 > 0.15 and fit.heldout_r2 > 0.1
 
 
-def test_flamingo_without_resampler_fits_every_cross_attention_layer_keys_and_values(tokenizer, tmp_path):
+def _flamingo_without_resampler(tokenizer, tmp_path):
     vision, lm = saved_backbones("idefics", len(tokenizer), tmp_path)
     model = assemble(model_spec("idefics", use_resampler=False), vision, lm, tokenizer, seed=0)
-    processor = processor_for(model, tokenizer, 32)
+    return model, processor_for(model, tokenizer, 32)
+
+
+def _tower_tokens(model, processor, scenes) -> torch.Tensor:
+    """The tower's CLS and patch features of the scenes' images, as the cross-attention reads them."""
+    pixels = processor.image_processor([im for im, _ in scenes], return_tensors="pt")
+    with torch.no_grad():
+        return model.model.vision_model(pixel_values=pixels).last_hidden_state
+
+
+def test_flamingo_without_resampler_fits_every_cross_attention_layer_keys_and_values(tokenizer, tmp_path):
+    model, processor = _flamingo_without_resampler(tokenizer, tmp_path)
     untouched = {k: v.clone() for k, v in model.state_dict().items() if "gated_cross_attn" not in k}
     heldout = _scenes("val", 40)
     fit = fit_connector(model, processor.image_processor, tokenizer, _scenes("train", 300), 1e-3, heldout)
@@ -135,9 +146,7 @@ def test_flamingo_without_resampler_fits_every_cross_attention_layer_keys_and_va
     after = model.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in untouched.items())  # tower and LM untouched
     emb = model.get_input_embeddings().weight.detach()
-    pixels = processor.image_processor([im for im, _ in heldout], return_tensors="pt")
-    with torch.no_grad():
-        features = model.model.vision_model(pixel_values=pixels).last_hidden_state
+    features = _tower_tokens(model, processor, heldout)
     target = torch.stack([token_targets(regions(r), [NOWHERE] + token_boxes(0, 0, 4), tokenizer, emb)
                           for _, r in heldout])
     for layer in model.model.gated_cross_attn_layers:
@@ -152,9 +161,7 @@ def test_flamingo_without_resampler_fits_every_cross_attention_layer_keys_and_va
 
 
 def test_word_targets_fold_a_bag_of_words_fit_under_each_cross_attention_layer(tokenizer, tmp_path):
-    vision, lm = saved_backbones("idefics", len(tokenizer), tmp_path)
-    model = assemble(model_spec("idefics", use_resampler=False), vision, lm, tokenizer, seed=0)
-    processor = processor_for(model, tokenizer, 32)
+    model, processor = _flamingo_without_resampler(tokenizer, tmp_path)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     train, heldout = _scenes("train", 300), _scenes("val", 40)
     fit = fit_connector(model, processor.image_processor, tokenizer, train, 1e-3, heldout, targets="words")
@@ -165,9 +172,7 @@ def test_word_targets_fold_a_bag_of_words_fit_under_each_cross_attention_layer(t
     assert red_circle[0].abs().sum() == 0 and sorted(red_circle[1].unique().tolist()) == [0.0, 3.0]
     assert int((red_circle[1] > 0).sum()) == len(tokenizer.encode(" red circle", add_special_tokens=False))
     # the tokens' word coordinates, as the ridge fit over the tower's CLS and patch features gives them
-    pixels = processor.image_processor([im for im, _ in train], return_tensors="pt")
-    with torch.no_grad():
-        x = model.model.vision_model(pixel_values=pixels).last_hidden_state
+    x = _tower_tokens(model, processor, train)
     x, width = x.reshape(-1, x.shape[-1]).double(), x.shape[-1]
     y = torch.cat([token_targets(regions(r), [NOWHERE] + token_boxes(0, 0, 4), tokenizer, table)
                    for _, r in train]).double()
